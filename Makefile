@@ -1,0 +1,40 @@
+# Every target creates .venv by itself when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export PYSPARK_PYTHON = $(CURDIR)/$(PY)
+export PYSPARK_DRIVER_PYTHON = $(CURDIR)/$(PY)
+
+.PHONY: venv test lint demo model bench clean
+
+venv: $(STAMP)
+
+# torch goes in first and pinned: a bare torch requirement would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[all,dev]"
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(VENV)/bin/pytest -q -ra
+
+model: $(STAMP)
+	$(PY) -m gliclass_dist.train.demo_model --out models/gliclass-minilm-bbc
+
+demo: $(STAMP)
+	$(PY) jobs/demo.py
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) lakehouse models/gliclass-minilm-bbc bench/results/*.tmp

@@ -1,0 +1,411 @@
+"""``Classifier``: the one batched inference core that every front end (CLI, Ray, Spark, Serve) shares.
+
+It loads a checkpoint once and classifies texts against label sets, from Python lists or Arrow.
+It owns what makes inference fast and safe:
+
+- batched tokenization, with each label's ids cached and concatenated to the text's ids;
+- rows (and label chunks) sorted by length and packed into micro-batches under a token budget,
+  so padding stays small; pooling honours the attention mask, so a row's scores never depend on
+  its batch-mates;
+- the text is truncated, never a label; label sets too long for the window are split and merged;
+- ``torch.inference_mode``, device and dtype choice (bf16/fp16 on GPU, fp32 on CPU);
+- out-of-memory back-off (halve the budget, retry) and per-row fault isolation: a failing batch is
+  split down to single rows, and a row that still fails gets ``status = "error: ..."``;
+- a per-row status for bad input (null/empty/non-string text, no labels), never a dropped row.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from gliclass_dist.labels import LabelSpec, Mode, clean_row_labels, validate_fixed_labels
+from gliclass_dist.model.inputs import EncodedRow, InputBuilder, LabelTooLongError
+from gliclass_dist.model.loading import load_model, load_tokenizer, resolve_model_ref
+from gliclass_dist.model.modeling import GLiClassModel
+from gliclass_dist.schema import SCORE_TYPE, Status, output_schema
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MAX_BATCH_ROWS = 1024
+
+
+@dataclass
+class Prediction:
+    """The result for one text."""
+
+    scores: dict[str, float] = field(default_factory=dict)  # every label of the row, input order
+    labels: list[str] = field(default_factory=list)  # predicted labels
+    top_label: str | None = None
+    top_score: float | None = None
+    status: str = Status.OK
+
+
+def pick_device(requested: str | None) -> torch.device:
+    """``auto``/``cuda`` use a GPU when one is usable; otherwise CPU, with a warning if one was expected."""
+    requested = (requested or "auto").lower()
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda" if requested in ("auto", "cuda") else requested)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if requested.startswith("cuda") or visible not in ("", "-1"):
+        logger.warning(
+            "a GPU was requested (device=%s, CUDA_VISIBLE_DEVICES=%r) but torch sees no usable CUDA device; "
+            "falling back to CPU",
+            requested,
+            visible,
+        )
+    return torch.device("cpu")
+
+
+def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype:
+    requested = (requested or "auto").lower()
+    if requested != "auto":
+        if requested not in DTYPES:
+            raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {requested!r}")
+        return DTYPES[requested]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class Classifier:
+    """GLiClass inference over batches of texts and label sets."""
+
+    def __init__(
+        self,
+        model: GLiClassModel,
+        builder: InputBuilder,
+        *,
+        model_name: str,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        token_budget: int = 16_384,
+    ) -> None:
+        self.device = device if isinstance(device, torch.device) else pick_device(device)
+        self.dtype = dtype if isinstance(dtype, torch.dtype) else pick_dtype(dtype, self.device)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.builder = builder
+        self.model_name = model_name
+        self.token_budget = int(token_budget)
+        self.stats: dict[str, int] = {
+            "rows": 0,
+            "forward_passes": 0,
+            "tokens": 0,
+            "padded_tokens": 0,
+            "row_errors": 0,
+            "oom_backoffs": 0,
+        }
+        logger.info(
+            "classifier ready: model=%s device=%s dtype=%s window=%d token_budget=%d",
+            model_name,
+            self.device,
+            str(self.dtype).replace("torch.", ""),
+            builder.max_length,
+            self.token_budget,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        ref: str | os.PathLike[str],
+        *,
+        device: str | None = "auto",
+        dtype: str | None = "auto",
+        max_length: int | None = None,
+        token_budget: int = 16_384,
+        revision: str | None = None,
+        allow_pickle: bool = False,
+        model_name: str | None = None,
+    ) -> Classifier:
+        """Load a checkpoint (local folder or hub id) once; every check runs here, before any batch."""
+        started = time.perf_counter()
+        path = resolve_model_ref(ref, revision)
+        model = load_model(path, allow_pickle=allow_pickle)
+        tokenizer = load_tokenizer(path, model.config)
+        builder = InputBuilder(tokenizer, model.config, max_length)
+        name = model_name or (str(ref) if not Path(str(ref)).exists() else Path(str(ref)).resolve().name)
+        clf = cls(model, builder, model_name=name, device=device, dtype=dtype, token_budget=token_budget)
+        logger.info("loaded %s from %s in %.1fs", name, path, time.perf_counter() - started)
+        return clf
+
+    # -- scoring -------------------------------------------------------------------------------
+    def _forward(self, units: list[list[int]]) -> list[np.ndarray]:
+        longest = max(len(u) for u in units)
+        ids = torch.full((len(units), longest), self.builder.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(units), longest), dtype=torch.long)
+        for i, u in enumerate(units):
+            ids[i, : len(u)] = torch.tensor(u, dtype=torch.long)
+            mask[i, : len(u)] = 1
+        with torch.inference_mode():
+            out = self.model(ids.to(self.device), mask.to(self.device))
+        logits = out.logits.float().cpu().numpy()
+        counts = out.label_mask.sum(dim=1).cpu().tolist()
+        self.stats["forward_passes"] += 1
+        self.stats["tokens"] += int(mask.sum())
+        self.stats["padded_tokens"] += ids.numel()
+        return [logits[i, : int(counts[i])] for i in range(len(units))]
+
+    def _plan(self, lengths: Sequence[int], budget: int) -> list[list[int]]:
+        """Indices grouped into micro-batches, longest first, each under ``budget`` padded tokens."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for i in order:
+            width = lengths[current[0]] if current else lengths[i]
+            if current and ((len(current) + 1) * width > budget or len(current) >= MAX_BATCH_ROWS):
+                batches.append(current)
+                current = []
+            current.append(i)
+        if current:
+            batches.append(current)
+        return batches
+
+    def _score_units(self, units: list[list[int]]) -> list[np.ndarray | Exception]:
+        """Logits per unit; a unit that cannot be scored gets its exception instead."""
+        results: list[np.ndarray | Exception | None] = [None] * len(units)
+        budget = self.token_budget
+        pending = self._plan([len(u) for u in units], budget)
+        while pending:
+            batch = pending.pop()
+            try:
+                for i, logits in zip(batch, self._forward([units[i] for i in batch])):
+                    results[i] = logits
+            except Exception as exc:  # noqa: BLE001 - isolate the failure to the rows that cause it
+                if len(batch) == 1:
+                    if _is_oom(exc) and self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    results[batch[0]] = exc
+                    self.stats["row_errors"] += 1
+                    logger.warning("row failed on its own: %s: %s", type(exc).__name__, exc)
+                    continue
+                if _is_oom(exc):
+                    self.stats["oom_backoffs"] += 1
+                    budget = max(budget // 2, 64)
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    logger.warning("out of memory on %d rows; halving the token budget to %d", len(batch), budget)
+                else:
+                    logger.warning("batch of %d failed (%s: %s); retrying in halves", len(batch), type(exc).__name__, exc)
+                half = len(batch) // 2
+                pending.extend([batch[half:], batch[:half]])
+        return results  # type: ignore[return-value]
+
+    def score_encoded(self, rows: Sequence[EncodedRow]) -> list[np.ndarray | Exception]:
+        """Merged logits per row (all chunks, label order), or the exception that row raised."""
+        units: list[list[int]] = []
+        owner: list[int] = []
+        for r, row in enumerate(rows):
+            for chunk in row.chunks:
+                units.append(chunk)
+                owner.append(r)
+        scored = self._score_units(units) if units else []
+        parts: list[list[np.ndarray]] = [[] for _ in rows]
+        failed: dict[int, Exception] = {}
+        for r, res in zip(owner, scored):
+            if isinstance(res, Exception):
+                failed[r] = res
+            else:
+                parts[r].append(res)
+        out: list[np.ndarray | Exception] = []
+        for r, row in enumerate(rows):
+            if r in failed:
+                out.append(failed[r])
+                continue
+            merged = np.concatenate(parts[r]) if parts[r] else np.zeros(0, dtype=np.float32)
+            if merged.shape[0] != len(row.labels):
+                out.append(RuntimeError(f"expected {len(row.labels)} label scores, got {merged.shape[0]}"))
+            else:
+                out.append(merged)
+        return out
+
+    # -- Python API ----------------------------------------------------------------------------
+    def classify(
+        self,
+        texts: Sequence[Any],
+        labels: Sequence[str] | Sequence[Sequence[str]],
+        *,
+        mode: Mode = "multi-label",
+        threshold: float | Mapping[str, float] = 0.5,
+        prompt: str | None = None,
+        examples: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[Prediction]:
+        """Classify ``texts`` against one label list for all, or one list per text."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if labels and all(isinstance(x, str) for x in labels):
+            fixed = validate_fixed_labels(labels)  # type: ignore[arg-type]
+            row_labels: list[Any] = [fixed] * len(texts)
+        else:
+            if len(labels) != len(texts):
+                raise ValueError(f"got {len(texts)} texts but {len(labels)} label lists")
+            row_labels = list(labels)
+        if isinstance(threshold, Mapping):
+            default_t, per_label = 0.5, dict(threshold)
+        else:
+            default_t, per_label = float(threshold), {}
+        return self._classify_rows(list(texts), row_labels, mode, default_t, per_label, prompt, examples)
+
+    def _classify_rows(
+        self,
+        texts: list[Any],
+        row_labels: list[Any],
+        mode: Mode,
+        threshold: float,
+        per_label: Mapping[str, float],
+        prompt: str | None,
+        examples: Sequence[Mapping[str, Any]] | None,
+    ) -> list[Prediction]:
+        preds = [Prediction() for _ in texts]
+        todo: list[int] = []
+        todo_labels: list[list[str]] = []
+        for i, (text, raw_labels) in enumerate(zip(texts, row_labels)):
+            if text is None or (isinstance(text, str) and not text.strip()):
+                preds[i].status = Status.EMPTY_TEXT
+                continue
+            if not isinstance(text, str):
+                preds[i].status = Status.INVALID_TEXT
+                continue
+            cleaned, was_cleaned = clean_row_labels(raw_labels)
+            if cleaned is None:
+                preds[i].status = Status.INVALID_LABELS
+                continue
+            if not cleaned:
+                preds[i].status = Status.NO_LABELS
+                continue
+            if was_cleaned:
+                preds[i].status = Status.LABELS_CLEANED
+            todo.append(i)
+            todo_labels.append(cleaned)
+        encoded = self.builder.encode([texts[i] for i in todo], todo_labels, prompt, examples) if todo else []
+        scorable = [(i, row) for i, row in zip(todo, encoded) if isinstance(row, EncodedRow)]
+        for i, row in zip(todo, encoded):
+            if isinstance(row, LabelTooLongError):
+                preds[i].status = Status.error(str(row))
+        logits = self.score_encoded([row for _, row in scorable])
+        for (i, row), row_logits in zip(scorable, logits):
+            if isinstance(row_logits, Exception):
+                preds[i].status = Status.error(f"{type(row_logits).__name__}: {row_logits}")
+                continue
+            self._fill(preds[i], row.labels, row_logits, mode, threshold, per_label, row.truncated)
+        self.stats["rows"] += len(texts)
+        return preds
+
+    @staticmethod
+    def _fill(
+        pred: Prediction,
+        labels: list[str],
+        logits: np.ndarray,
+        mode: Mode,
+        threshold: float,
+        per_label: Mapping[str, float],
+        truncated: bool,
+    ) -> None:
+        logits = logits.astype(np.float64)
+        if mode == "single-label":
+            shifted = np.exp(logits - logits.max())
+            probs = shifted / shifted.sum()
+        else:
+            probs = 1.0 / (1.0 + np.exp(-logits))
+        pred.scores = {label: float(p) for label, p in zip(labels, probs)}
+        top = int(np.argmax(probs))
+        pred.top_label, pred.top_score = labels[top], float(probs[top])
+        if mode == "single-label":
+            pred.labels = [labels[top]]
+        else:
+            pred.labels = [lb for lb, p in zip(labels, probs) if p >= per_label.get(lb, threshold)]
+        if truncated and pred.status == Status.OK:
+            pred.status = Status.TRUNCATED
+
+    # -- Arrow API -----------------------------------------------------------------------------
+    def classify_arrow(
+        self,
+        data: pa.Table | pa.RecordBatch,
+        spec: LabelSpec,
+        *,
+        text_column: str = "text",
+        keep: Sequence[str] = (),
+        examples: Sequence[Mapping[str, Any]] | None = None,
+    ) -> pa.Table:
+        """Classify an Arrow table/batch; returns ``keep`` columns + results, one row per input row."""
+        if isinstance(data, pa.RecordBatch):
+            data = pa.Table.from_batches([data])
+        schema = output_schema(data.schema, keep)
+        if text_column not in data.column_names:
+            raise KeyError(f"text column {text_column!r} is not in the input (columns: {data.column_names})")
+        texts = text_values(data.column(text_column))
+        if spec.column is not None:
+            if spec.column not in data.column_names:
+                raise KeyError(f"label column {spec.column!r} is not in the input (columns: {data.column_names})")
+            row_labels = data.column(spec.column).to_pylist()
+        else:
+            row_labels = [spec.fixed] * data.num_rows
+        preds = self._classify_rows(texts, row_labels, spec.mode, spec.threshold, spec.thresholds, spec.prompt, examples)
+        results = predictions_to_arrow(preds, self.model_name, spec.label_set_id)
+        columns = [data.column(name) for name in keep] + results.columns
+        return pa.Table.from_arrays(columns, schema=schema)
+
+
+def text_values(column: pa.ChunkedArray | pa.Array) -> list[Any]:
+    """Python values of a text column; non-string columns become per-row ``invalid_text`` markers."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
+        return column.to_pylist()
+    if pa.types.is_null(column.type):
+        return [None] * len(column)
+    # binary, numbers, structs...: keep nulls as nulls (empty_text), everything else is invalid
+    return [None if v is None else _NotText() for v in column.to_pylist()]
+
+
+class _NotText:
+    """Marker for a value that is not a string (the engine records ``invalid_text``)."""
+
+
+def predictions_to_arrow(preds: Sequence[Prediction], model_name: str, label_set: str) -> pa.Table:
+    """Result columns (labels .. label_set) for a list of predictions."""
+    n = len(preds)
+    scores = [[{"label": k, "score": v} for k, v in p.scores.items()] for p in preds]
+    return pa.table(
+        {
+            "labels": pa.array([p.labels for p in preds], pa.list_(pa.string())),
+            "scores": pa.array(scores, pa.list_(SCORE_TYPE)),
+            "top_label": pa.array([p.top_label for p in preds], pa.string()),
+            "top_score": pa.array([p.top_score for p in preds], pa.float32()),
+            "status": pa.array([p.status for p in preds], pa.string()),
+            "model": pa.array([model_name] * n, pa.string()),
+            "label_set": pa.array([label_set] * n, pa.string()),
+        }
+    )
+
+
+def expected_padding_ratio(lengths: Sequence[int], budget: int) -> float:
+    """Share of padding tokens the planner would produce for these lengths (for benchmarks)."""
+    order = sorted(lengths, reverse=True)
+    padded = real = 0
+    i = 0
+    while i < len(order):
+        width = order[i]
+        rows = max(1, min(MAX_BATCH_ROWS, budget // max(width, 1)))
+        chunk = order[i : i + rows]
+        padded += width * len(chunk)
+        real += sum(chunk)
+        i += rows
+    return 0.0 if padded == 0 else 1.0 - real / padded
+
+
+__all__ = ["Classifier", "Prediction", "pick_device", "pick_dtype", "predictions_to_arrow", "math"]

@@ -1,0 +1,179 @@
+"""The job spec: one description of a classification job that runs on Ray, Spark, the CLI or Airflow.
+
+Load it from YAML (``JobSpec.from_yaml(path, overrides=["sink.table=...", ...])``) or build it in
+Python. Unknown keys and bad values are rejected with a message that names the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gliclass_dist.labels import LabelSpec
+
+
+class SpecError(ValueError):
+    """A job spec that cannot be used; the message names the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputSpec(_Strict):
+    """Where the records come from."""
+
+    format: Literal["parquet", "delta", "iceberg", "csv", "jsonl"] = "parquet"
+    path: str | None = None  # parquet/csv/jsonl file or folder, or a Delta table URI
+    table: str | None = None  # Iceberg table identifier ("db.name")
+    catalog: dict[str, str] = Field(default_factory=dict)  # pyiceberg catalog properties
+    id_column: str = "id"
+    text_column: str = "text"
+    passthrough: list[str] = Field(default_factory=list)
+    filter: str | None = None  # a SQL-like predicate passed to the reader where supported
+    incremental: bool = False  # Delta input: only versions added since the last committed run
+    storage_options: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _where(self) -> InputSpec:
+        if self.format == "iceberg":
+            if not self.table:
+                raise ValueError("input.table is required for an iceberg input")
+        elif not self.path:
+            raise ValueError(f"input.path is required for a {self.format} input")
+        if self.incremental and self.format != "delta":
+            raise ValueError("input.incremental needs a delta input")
+        return self
+
+
+class ModelSpec(_Strict):
+    """Which checkpoint and how to run it."""
+
+    ref: str  # a local directory or a hub id
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_length: int | None = Field(None, gt=8)
+    allow_pickle: bool = False
+
+
+class SinkSpec(_Strict):
+    """Where results land."""
+
+    format: Literal["delta", "iceberg", "parquet"] = "delta"
+    path: str | None = None  # Delta table URI or parquet folder
+    table: str | None = None  # Iceberg table identifier
+    catalog: dict[str, str] = Field(default_factory=dict)
+    mode: Literal["append", "overwrite"] = "append"
+    partition_by: list[str] = Field(default_factory=list)
+    target_file_rows: int = Field(1_000_000, gt=0)
+    storage_options: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _where(self) -> SinkSpec:
+        if self.format == "iceberg" and not self.table:
+            raise ValueError("sink.table is required for an iceberg sink")
+        if self.format != "iceberg" and not self.path:
+            raise ValueError(f"sink.path is required for a {self.format} sink")
+        return self
+
+
+class ResourceSpec(_Strict):
+    """How much of the cluster the model stage uses."""
+
+    min_actors: int = Field(1, ge=1)
+    max_actors: int = Field(1, ge=1)
+    gpus_per_actor: float = Field(0.0, ge=0.0)
+    cpus_per_actor: float = Field(1.0, gt=0.0)
+    token_budget: int = Field(16_384, ge=64)  # padded tokens per forward pass
+    batch_rows: int = Field(256, ge=1)  # rows per Ray/Spark batch handed to the engine
+    tokenize_stage: bool = True  # Ray: tokenize in a separate CPU stage
+
+    @model_validator(mode="after")
+    def _range(self) -> ResourceSpec:
+        if self.max_actors < self.min_actors:
+            raise ValueError("resources.max_actors must be >= resources.min_actors")
+        return self
+
+
+class JobSpec(_Strict):
+    """A whole classification job."""
+
+    name: str = "gliclass"
+    input: InputSpec
+    labels: LabelSpec
+    model: ModelSpec
+    sink: SinkSpec
+    resources: ResourceSpec = Field(default_factory=ResourceSpec)
+    idempotency_key: str | None = None  # default: derived from the spec (same spec => same key)
+
+    @property
+    def keep_columns(self) -> list[str]:
+        """Input columns carried into the output: the id, then passthrough columns."""
+        cols = [self.input.id_column]
+        cols += [c for c in self.input.passthrough if c != self.input.id_column]
+        return cols
+
+    @property
+    def job_key(self) -> str:
+        """The idempotency key: given, or a digest of everything that defines the job's output."""
+        if self.idempotency_key:
+            return self.idempotency_key
+        payload = self.model_dump(mode="json", exclude={"resources", "idempotency_key"})
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        return f"{self.name}-{digest}"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], overrides: Sequence[str] = ()) -> JobSpec:
+        data = json.loads(json.dumps(data))  # deep copy of plain data
+        for item in overrides:
+            apply_override(data, item)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise SpecError(format_validation_error(exc)) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> JobSpec:
+        path = Path(path)
+        if not path.exists():
+            raise SpecError(f"job spec {str(path)!r} does not exist")
+        data = yaml.safe_load(path.read_text())
+        if not isinstance(data, dict):
+            raise SpecError(f"{path}: a job spec is a mapping at the top level")
+        # A relative path in a spec is relative to the spec file.
+        return cls.from_dict(data, overrides)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to nested dict ``data``."""
+    if "=" not in item:
+        raise SpecError(f"override {item!r} must look like key.path=value")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SpecError(f"override {item!r}: {part!r} is not a mapping")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(spec)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key")
+        else:
+            lines.append(f"{key}: {err['msg']}")
+    return "invalid job spec:\n  " + "\n  ".join(lines)
