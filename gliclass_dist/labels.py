@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Mode = Literal["multi-label", "single-label"]
+RESERVED = ("<<LABEL>>", "<<SEP>>", "<<EXAMPLE>>")  # model marker tokens; never allowed inside a label
 
 
 def flatten_hierarchy(labels: Any, separator: str = ".", prefix: str = "") -> list[str]:
@@ -62,6 +63,8 @@ def validate_fixed_labels(labels: Sequence[Any], where: str = "labels") -> list[
             raise ValueError(f"{where}[{i}]: empty label")
         if clean in seen:
             raise ValueError(f"{where}[{i}]: duplicate label {clean!r}")
+        if any(token in clean for token in RESERVED):
+            raise ValueError(f"{where}[{i}]: label {clean!r} contains a reserved marker {RESERVED}")
         seen.add(clean)
         out.append(clean)
     return out
@@ -98,7 +101,12 @@ def clean_row_labels(value: Any) -> tuple[list[str] | None, bool]:
     out: list[str] = []
     cleaned = False
     for label in value:
-        if not isinstance(label, str) or not label.strip() or label.strip() in seen:
+        if (
+            not isinstance(label, str)
+            or not label.strip()
+            or label.strip() in seen
+            or any(token in label for token in RESERVED)
+        ):
             cleaned = True
             continue
         seen.add(label.strip())
