@@ -1,0 +1,256 @@
+"""Plain file inputs (parquet, csv, jsonl) and the parquet folder sink, through pyarrow.
+
+Layout of a parquet sink at ``path``::
+
+    path/<app>-v<version>/...parquet   one folder per committed run (hive partition folders inside)
+    path/<app>-v<version>/_COMMITTED   JSON marker: app_id, version, rows, files, schema, metadata
+    path/_staging/                     files being written and commits being assembled
+
+Guarantees: a run's files are written under ``_staging/``, moved into a fresh staging folder together
+with the ``_COMMITTED`` marker, and that folder is renamed to its key-named place in one step. On a local
+or HDFS file system the rename is atomic, so a reader that lists ``path`` (pyarrow/Spark skip names that
+start with ``_`` or ``.``) sees all of a run or none of it, and a second commit of the same key fails on
+the existing folder and is reported as already committed. On object stores (S3, GCS) a rename is a copy,
+so there is no atomicity: use a Delta or Iceberg sink there. ``mode: overwrite`` commits the new folder,
+then empties the older committed folders (their markers stay, so their keys still count as committed);
+a reader listing the folder in between can see old and new rows together.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from hashlib import sha1
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+
+from gliclass_dist.spec import InputSpec, SinkSpec
+
+from .base import (
+    APP_ID_PROP,
+    VERSION_PROP,
+    CommitResult,
+    SinkData,
+    StagedFile,
+    arrow_filter,
+    as_reader,
+    check_compatible,
+    check_files_exist,
+    check_key,
+    commit_key,
+    conform,
+    dedupe_files,
+    delete_files,
+    plain_schema,
+    resolve_fs,
+    skip_result,
+    with_version,
+    write_files,
+)
+
+logger = logging.getLogger(__name__)
+
+MARKER = "_COMMITTED"
+STAGING = "_staging"
+FILE_FORMATS = {"parquet": "parquet", "csv": "csv", "jsonl": "json"}
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read(spec: InputSpec, columns: Sequence[str] | None = None) -> pa.RecordBatchReader:
+    """Stream a parquet/csv/jsonl file or folder (hive partition folders become columns), ``filter`` applied."""
+    filesystem, path = resolve_fs(spec.path)
+    dataset = ds.dataset(path, format=FILE_FORMATS[spec.format], filesystem=filesystem, partitioning="hive")
+    scanner = dataset.scanner(
+        columns=list(columns) if columns else None,
+        filter=arrow_filter(spec.filter) if spec.filter else None,
+    )
+    return with_version(scanner.to_reader(), None)
+
+
+# ---------------------------------------------------------------------------------------------- the sink
+
+
+def folder_name(app_id: str, version: int) -> str:
+    """The committed folder of ``(app_id, version)``: readable, safe as a path, never hidden."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", app_id).lstrip("._") or "app"
+    if safe != app_id:
+        safe += "-" + sha1(app_id.encode()).hexdigest()[:8]
+    return f"{safe}-v{version}"
+
+
+def _commits(sink: SinkSpec) -> list[tuple[str, dict[str, Any]]]:
+    """``(folder, marker)`` of every committed run, oldest first."""
+    filesystem, root = resolve_fs(sink.path)
+    if filesystem.get_file_info(root).type != pafs.FileType.Directory:
+        return []
+    found = []
+    for info in filesystem.get_file_info(pafs.FileSelector(root)):
+        if info.type != pafs.FileType.Directory or info.base_name.startswith(("_", ".")):
+            continue
+        marker = f"{info.path}/{MARKER}"
+        if filesystem.get_file_info(marker).type != pafs.FileType.File:
+            continue
+        with filesystem.open_input_stream(marker) as stream:
+            found.append((info.path, json.loads(stream.read())))
+    return sorted(found, key=lambda item: item[1].get("committed_at", 0))
+
+
+def last_committed(sink: SinkSpec, app_id: str) -> int | None:
+    """The highest version ``app_id`` committed into the folder, or None."""
+    versions = [m["version"] for _, m in _commits(sink) if m.get(APP_ID_PROP) == app_id]
+    return max(versions) if versions else None
+
+
+def table_schema(sink: SinkSpec) -> pa.Schema | None:
+    """The schema of the latest committed run (stored in its marker), or None."""
+    for _, marker in reversed(_commits(sink)):
+        if marker.get("schema"):
+            return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(marker["schema"])))
+    return None
+
+
+def _files_dir(sink: SinkSpec) -> str:
+    return f"{resolve_fs(sink.path)[1].rstrip('/')}/{STAGING}/files"
+
+
+def stage(sink: SinkSpec, data: SinkData, schema: pa.Schema | None = None) -> list[StagedFile]:
+    """Write ``data`` as parquet files under ``_staging/`` (invisible to readers); run this on the workers."""
+    reader = as_reader(data, schema)
+    existing = table_schema(sink)
+    if existing is not None:
+        check_compatible(existing, reader.schema, f"parquet sink {sink.path!r}")
+        reader = conform(reader, existing)
+    else:
+        reader = conform(reader, plain_schema(reader.schema))
+    base = f"{_files_dir(sink)}/{uuid.uuid4().hex}"  # one folder per stage call, removed at commit
+    if "://" in sink.path:
+        base = sink.path.split("://", 1)[0] + "://" + base
+    return write_files(reader, base, target_file_rows=sink.target_file_rows, partition_by=sink.partition_by)
+
+
+def commit_files(
+    sink: SinkSpec,
+    files: Sequence[StagedFile],
+    *,
+    app_id: str,
+    version: int,
+    schema: pa.Schema | None = None,
+    extra_metadata: dict[str, Any] | None = None,
+) -> CommitResult:
+    """Move exactly ``files`` into the key-named folder of ``(app_id, version)`` in one rename."""
+    check_key(app_id, version)
+    files = dedupe_files(files)
+    where = f"parquet {sink.path!r}"
+    done = last_committed(sink, app_id)
+    if done is not None and done >= version:
+        delete_files(files)
+        return skip_result(app_id, version, done, where)
+    existing = table_schema(sink)
+    if schema is not None and existing is not None:
+        check_compatible(existing, schema, f"parquet sink {sink.path!r}")
+    stored_schema = schema if schema is not None else existing
+    check_files_exist(files)
+    filesystem, root = resolve_fs(sink.path)
+    root = root.rstrip("/")
+    files_dir = _files_dir(sink) + "/"
+    assembly = f"{root}/{STAGING}/commit-{uuid.uuid4().hex}"
+    filesystem.create_dir(assembly)
+    relative, call_dirs = [], set()
+    for f in files:
+        inner = resolve_fs(f.path)[1]
+        if not inner.startswith(files_dir) or "/" not in inner[len(files_dir) :]:
+            raise ValueError(f"staged file {f.path!r} is not under the sink's staging folder {files_dir!r}")
+        call_dir, rel = inner[len(files_dir) :].split("/", 1)
+        call_dirs.add(files_dir + call_dir)
+        if "/" in rel:
+            filesystem.create_dir(f"{assembly}/{rel.rsplit('/', 1)[0]}")
+        filesystem.move(inner, f"{assembly}/{rel}")
+        relative.append(rel)
+    marker = {
+        APP_ID_PROP: app_id,
+        "version": version,
+        VERSION_PROP: str(version),
+        "mode": sink.mode,
+        "rows": sum(f.rows for f in files),
+        "files": relative,
+        "committed_at": time.time(),
+        "schema": base64.b64encode(stored_schema.serialize().to_pybytes()).decode()
+        if stored_schema
+        else None,
+        "metadata": extra_metadata or {},
+    }
+    with filesystem.open_output_stream(f"{assembly}/{MARKER}") as stream:
+        stream.write(json.dumps(marker, default=str).encode())
+    target = f"{root}/{folder_name(app_id, version)}"
+    try:
+        filesystem.move(assembly, target)  # the commit point
+    except OSError:
+        if filesystem.get_file_info(f"{target}/{MARKER}").type == pafs.FileType.File:
+            filesystem.delete_dir(assembly)
+            return skip_result(app_id, version, version, f"{where} (committed concurrently)")
+        raise
+    for folder in call_dirs:  # now only empty partition folders are left in them
+        filesystem.delete_dir(folder)
+    if sink.mode == "overwrite":
+        _empty_older_commits(filesystem, target, sink)
+    result = CommitResult(
+        committed=True, key=commit_key(app_id, version), rows=marker["rows"], files=len(files)
+    )
+    logger.info(
+        "%s: committed %s into %s (%d rows, %d files)", where, result.key, target, result.rows, result.files
+    )
+    return result
+
+
+def _empty_older_commits(filesystem: pafs.FileSystem, keep: str, sink: SinkSpec) -> None:
+    """Delete the data of every other committed folder, leaving its marker (its key stays committed)."""
+    for folder, _ in _commits(sink):
+        if folder == keep:
+            continue
+        for entry in filesystem.get_file_info(pafs.FileSelector(folder)):
+            if entry.type == pafs.FileType.Directory:
+                filesystem.delete_dir(entry.path)
+            elif entry.base_name != MARKER:
+                filesystem.delete_file(entry.path)
+
+
+def commit(
+    sink: SinkSpec,
+    data: SinkData,
+    *,
+    app_id: str,
+    version: int,
+    extra_metadata: dict[str, Any] | None = None,
+    schema: pa.Schema | None = None,
+) -> CommitResult:
+    """Write ``data`` and commit it as the folder of ``(app_id, version)`` (see the module docstring)."""
+    check_key(app_id, version)
+    done = last_committed(sink, app_id)
+    if done is not None and done >= version:
+        return skip_result(app_id, version, done, f"parquet {sink.path!r}")
+    reader = as_reader(data, schema)
+    files = stage(sink, reader)
+    return commit_files(
+        sink,
+        files,
+        app_id=app_id,
+        version=version,
+        schema=plain_schema(reader.schema),
+        extra_metadata=extra_metadata,
+    )
+
+
+def optimize(sink: SinkSpec, **_: Any) -> dict[str, Any]:
+    """Parquet folders have no compaction here (rewriting committed folders would break their markers)."""
+    logger.info("parquet sink %s: no compaction for parquet folders; use a Delta or Iceberg sink", sink.path)
+    return {"compacted": False, "reason": "parquet sinks are not compacted"}
