@@ -1,0 +1,148 @@
+"""``gliclass-dist serve``: run the classification service on Ray Serve (127.0.0.1 by default)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+APP_NAME = "gliclass"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a model over HTTP with Ray Serve (dynamic batching, limits, optional auth)",
+        description=(
+            "Start Ray Serve with the classification API: POST /v1/classify, GET /v1/model, GET /v1/stats, "
+            "GET /healthz, OpenAPI docs at /docs. Binds to 127.0.0.1 unless --host says otherwise. "
+            "Example: gliclass-dist serve --model models/gliclass-minilm-bbc --port 8000"
+        ),
+    )
+    p.add_argument("--model", required=True, help="checkpoint folder (or hub id) of the default model")
+    p.add_argument("--model-id", default="default", help="id of the default model in requests (default: default)")
+    p.add_argument(
+        "--allow-model",
+        action="append",
+        default=[],
+        metavar="ID=REF",
+        help="allow-list an extra checkpoint that requests may select by id (repeatable; multiplexed)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 exposes it)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--address", default=None, help="Ray cluster address to join (default: start a local Ray)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    p.add_argument("--max-length", type=int, default=None, help="model window in tokens (default: the model's)")
+    p.add_argument("--token-budget", type=int, default=16_384, help="padded tokens per forward pass")
+    p.add_argument("--allow-pickle", action="store_true", help="allow loading pytorch_model.bin (weights_only)")
+
+    batching = p.add_argument_group("dynamic batching (adjustable later through the deployment's user_config)")
+    batching.add_argument("--max-batch-size", type=int, default=64, help="texts merged into one engine call")
+    batching.add_argument("--batch-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill")
+
+    limits = p.add_argument_group("request limits")
+    limits.add_argument("--max-texts-per-request", type=int, default=64)
+    limits.add_argument("--max-chars-per-text", type=int, default=20_000)
+    limits.add_argument("--max-labels-per-row", type=int, default=100)
+    limits.add_argument("--max-chars-per-label", type=int, default=200)
+    limits.add_argument("--max-body-bytes", type=int, default=2_000_000)
+
+    scaling = p.add_argument_group("replicas and resources")
+    scaling.add_argument("--replicas", type=int, default=1, help="fixed number of replicas")
+    scaling.add_argument("--min-replicas", type=int, default=None, help="with --max-replicas: autoscale")
+    scaling.add_argument("--max-replicas", type=int, default=None)
+    scaling.add_argument("--target-ongoing-requests", type=float, default=32.0, help="autoscaling target per replica")
+    scaling.add_argument("--max-ongoing-requests", type=int, default=512, help="requests a replica accepts at once")
+    scaling.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica")
+    scaling.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica (e.g. 1)")
+    scaling.add_argument("--torch-threads", type=int, default=None, help="intra-op threads (default: --num-cpus)")
+
+    auth = p.add_argument_group("auth (bearer token on /v1/*)")
+    auth.add_argument("--token-file", default=None, help="file holding the bearer token")
+    auth.add_argument(
+        "--token-env",
+        default="GLICLASS_SERVE_TOKEN",
+        help="environment variable holding the bearer token (default GLICLASS_SERVE_TOKEN); read by the replicas",
+    )
+    p.set_defaults(func=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Builder arguments (``ServeArgs`` fields) from the parsed command line."""
+    models: dict[str, str] = {}
+    for item in args.allow_model:
+        model_id, sep, ref = item.partition("=")
+        if not sep or not model_id or not ref:
+            raise ValueError(f"--allow-model takes ID=REF, got {item!r}")
+        models[model_id] = ref
+    settings: dict[str, Any] = {
+        "model": args.model,
+        "model_id": args.model_id,
+        "models": models,
+        "device": args.device,
+        "dtype": args.dtype,
+        "max_length": args.max_length,
+        "token_budget": args.token_budget,
+        "allow_pickle": args.allow_pickle,
+        "torch_threads": args.torch_threads,
+        "max_batch_size": args.max_batch_size,
+        "batch_wait_timeout_s": args.batch_wait_ms / 1000.0,
+        "max_texts_per_request": args.max_texts_per_request,
+        "max_chars_per_text": args.max_chars_per_text,
+        "max_labels_per_row": args.max_labels_per_row,
+        "max_chars_per_label": args.max_chars_per_label,
+        "max_body_bytes": args.max_body_bytes,
+        "num_replicas": args.replicas,
+        "min_replicas": args.min_replicas,
+        "max_replicas": args.max_replicas,
+        "target_ongoing_requests": args.target_ongoing_requests,
+        "max_ongoing_requests": args.max_ongoing_requests,
+        "num_cpus": args.num_cpus,
+        "num_gpus": args.num_gpus,
+        "token_file": args.token_file,
+        "token_env": args.token_env,
+        # A token the operator configured must be found by the replicas, or they refuse to start.
+        "require_auth": bool(args.token_file or os.environ.get(args.token_env)),
+    }
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    import ray
+    from ray import serve
+
+    from gliclass_dist.ray.serve import ServeArgs, build_app
+
+    settings = settings_from_args(args)
+    try:
+        ServeArgs.model_validate(settings)
+    except ValueError as exc:
+        print(f"gliclass-dist serve: {exc}")
+        return 2
+    own_cluster = args.address is None
+    ray.init(address=args.address, include_dashboard=False if own_cluster else None)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
+        url = f"http://{args.host}:{args.port}"
+        logger.info("serving %s at %s (POST /v1/classify, docs at %s/docs); Ctrl-C stops", args.model, url, url)
+        if args.host not in ("127.0.0.1", "localhost", "::1") and not settings["require_auth"]:
+            logger.warning("listening on %s without a bearer token: anyone who reaches it can use it", args.host)
+        stop.wait()
+    finally:
+        logger.info("stopping")
+        if own_cluster:
+            serve.shutdown()
+        else:
+            serve.delete(APP_NAME)
+        ray.shutdown()
+    return 0
