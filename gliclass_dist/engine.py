@@ -8,7 +8,8 @@ It owns what makes inference fast and safe:
   so padding stays small; pooling honours the attention mask, so a row's scores never depend on
   its batch-mates;
 - the text is truncated, never a label; label sets too long for the window are split and merged;
-- ``torch.inference_mode``, device and dtype choice (bf16/fp16 on GPU, fp32 on CPU);
+- ``torch.inference_mode``, device and dtype choice (bf16/fp16 on GPU, fp32 on CPU), and an optional
+  faster CPU backend (``backend="int8"``: dynamic int8 quantization of the encoder's linear layers);
 - out-of-memory back-off (halve the budget, retry) and per-row fault isolation: a failing batch is
   split down to single rows, and a row that still fails gets ``status = "error: ..."``;
 - a per-row status for bad input (null/empty/non-string text, no labels), never a dropped row.
@@ -20,6 +21,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +40,15 @@ from gliclass_dist.schema import SCORE_TYPE, Status, output_schema
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+BACKENDS = ("torch", "int8")
 MAX_BATCH_ROWS = 1024
+# A micro-batch also closes early when the next (shorter) row would be padded by more than PAD_TOLERANCE
+# of the batch's width, once the batch holds MIN_FILL of the token budget (so batches stay large enough
+# to keep the device busy). Row scores never depend on batch-mates, so this changes speed, not results.
+# On CPU a matmul over ~1k tokens already runs near peak, so batches may close early from there on.
+PAD_TOLERANCE = 0.10
+MIN_FILL = 0.25
+CPU_MIN_FILL_TOKENS = 1024
 
 
 @dataclass
@@ -81,6 +91,26 @@ def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def quantize_encoder_int8(model: GLiClassModel) -> GLiClassModel:
+    """Dynamic int8 quantization of the encoder's ``nn.Linear`` layers, in place (CPU only).
+
+    Weights become int8 per output channel; activations are quantized per batch at run time. The
+    heads (projectors, scorer) stay fp32: they are a negligible share of the compute. Measured on
+    BBC in bench/NOTES.md (speed and macro-F1 against fp32).
+    """
+    try:
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    except ImportError as exc:  # removed from a future torch
+        raise ValueError(f"backend='int8' needs torch.ao.quantization, which this torch lacks ({exc})") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        model.model.encoder_model = quantize_dynamic(
+            model.model.encoder_model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8
+        )
+    return model
+
+
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -97,10 +127,21 @@ class Classifier:
         device: torch.device | str | None = None,
         dtype: torch.dtype | str | None = None,
         token_budget: int = 16_384,
+        backend: str = "torch",
     ) -> None:
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.dtype = dtype if isinstance(dtype, torch.dtype) else pick_dtype(dtype, self.device)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        if backend == "int8" and (self.device.type != "cpu" or self.dtype != torch.float32):
+            raise ValueError(
+                f"backend='int8' runs on CPU in float32 only (got device={self.device}, dtype={self.dtype}); "
+                "on a GPU use dtype='bfloat16' or 'float16' instead"
+            )
+        self.backend = backend
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        if backend == "int8":
+            self.model = quantize_encoder_int8(self.model)
         self.builder = builder
         self.model_name = model_name
         self.token_budget = int(token_budget)
@@ -113,10 +154,11 @@ class Classifier:
             "oom_backoffs": 0,
         }
         logger.info(
-            "classifier ready: model=%s device=%s dtype=%s window=%d token_budget=%d",
+            "classifier ready: model=%s device=%s dtype=%s backend=%s window=%d token_budget=%d",
             model_name,
             self.device,
             str(self.dtype).replace("torch.", ""),
+            backend,
             builder.max_length,
             self.token_budget,
         )
@@ -133,15 +175,22 @@ class Classifier:
         revision: str | None = None,
         allow_pickle: bool = False,
         model_name: str | None = None,
+        backend: str = "torch",
     ) -> Classifier:
-        """Load a checkpoint (local folder or hub id) once; every check runs here, before any batch."""
+        """Load a checkpoint (local folder or hub id) once; every check runs here, before any batch.
+
+        ``backend="int8"`` (CPU, float32 only) quantizes the encoder's linear layers to int8 for a
+        faster CPU path; scores move slightly (see bench/NOTES.md for the measured F1 change).
+        """
         started = time.perf_counter()
         path = resolve_model_ref(ref, revision)
         model = load_model(path, allow_pickle=allow_pickle)
         tokenizer = load_tokenizer(path, model.config)
         builder = InputBuilder(tokenizer, model.config, max_length)
         name = model_name or (str(ref) if not Path(str(ref)).exists() else Path(str(ref)).resolve().name)
-        clf = cls(model, builder, model_name=name, device=device, dtype=dtype, token_budget=token_budget)
+        clf = cls(
+            model, builder, model_name=name, device=device, dtype=dtype, token_budget=token_budget, backend=backend
+        )
         logger.info("loaded %s from %s in %.1fs", name, path, time.perf_counter() - started)
         return clf
 
@@ -163,19 +212,11 @@ class Classifier:
         return [logits[i, : int(counts[i])] for i in range(len(units))]
 
     def _plan(self, lengths: Sequence[int], budget: int) -> list[list[int]]:
-        """Indices grouped into micro-batches, longest first, each under ``budget`` padded tokens."""
-        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-        batches: list[list[int]] = []
-        current: list[int] = []
-        for i in order:
-            width = lengths[current[0]] if current else lengths[i]
-            if current and ((len(current) + 1) * width > budget or len(current) >= MAX_BATCH_ROWS):
-                batches.append(current)
-                current = []
-            current.append(i)
-        if current:
-            batches.append(current)
-        return batches
+        """Indices grouped into micro-batches, longest first (see ``plan_batches``)."""
+        min_fill = MIN_FILL * budget
+        if self.device.type == "cpu":
+            min_fill = min(min_fill, CPU_MIN_FILL_TOKENS)
+        return plan_batches(lengths, budget, min_fill)
 
     def _score_units(self, units: list[list[int]]) -> list[np.ndarray | Exception]:
         """Logits per unit; a unit that cannot be scored gets its exception instead."""
@@ -393,19 +434,51 @@ def predictions_to_arrow(preds: Sequence[Prediction], model_name: str, label_set
     )
 
 
-def expected_padding_ratio(lengths: Sequence[int], budget: int) -> float:
+def plan_batches(lengths: Sequence[int], budget: int, min_fill: float | None = None) -> list[list[int]]:
+    """Indices grouped into micro-batches over the rows sorted longest first.
+
+    A batch holds at most ``budget`` padded tokens (rows x its longest row) and ``MAX_BATCH_ROWS``
+    rows; it also closes when the next row is more than ``PAD_TOLERANCE`` shorter than the batch's
+    longest row, once the batch already holds ``min_fill`` padded tokens (default ``MIN_FILL`` of the
+    budget). So short rows of varied lengths (titles, chat lines) are not padded to the longest of
+    hundreds of rows, while batches stay large enough to keep the device busy.
+    """
+    min_fill = MIN_FILL * budget if min_fill is None else min_fill
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        if current:
+            width = lengths[current[0]]
+            full = (len(current) + 1) * width > budget or len(current) >= MAX_BATCH_ROWS
+            spread = lengths[i] < (1.0 - PAD_TOLERANCE) * width and len(current) * width >= min_fill
+            if full or spread:
+                batches.append(current)
+                current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def expected_padding_ratio(lengths: Sequence[int], budget: int, min_fill: float | None = None) -> float:
     """Share of padding tokens the planner would produce for these lengths (for benchmarks)."""
-    order = sorted(lengths, reverse=True)
     padded = real = 0
-    i = 0
-    while i < len(order):
-        width = order[i]
-        rows = max(1, min(MAX_BATCH_ROWS, budget // max(width, 1)))
-        chunk = order[i : i + rows]
-        padded += width * len(chunk)
-        real += sum(chunk)
-        i += rows
+    for batch in plan_batches(lengths, budget, min_fill):
+        width = max(lengths[i] for i in batch)
+        padded += width * len(batch)
+        real += sum(lengths[i] for i in batch)
     return 0.0 if padded == 0 else 1.0 - real / padded
 
 
-__all__ = ["Classifier", "Prediction", "pick_device", "pick_dtype", "predictions_to_arrow", "math"]
+__all__ = [
+    "Classifier",
+    "Prediction",
+    "expected_padding_ratio",
+    "pick_device",
+    "pick_dtype",
+    "plan_batches",
+    "predictions_to_arrow",
+    "quantize_encoder_int8",
+    "math",
+]

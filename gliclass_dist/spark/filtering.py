@@ -1,0 +1,107 @@
+"""The classifier as a filter stage in Spark pipelines (the Spark twin of ``gliclass_dist.ray.filtering``).
+
+::
+
+    # keep the rows that are complaints about billing, with all their columns and the result columns
+    complaints = filter_dataframe(df, "/models/gliclass", ["complaint", "billing", "praise"],
+                                  {"complaint": 0.7, "billing": 0.5}, require="all")
+    # or filter rows that classify_dataframe already scored
+    spam_free = filter_classified(scored, ["spam"], threshold=0.9, action="drop")
+
+A row passes when ``require="any"`` (default) of the given labels, or ``"all"`` of them, has a score >= its
+threshold; the rule is the Ray one (``filter_results``), applied per Arrow batch in ``mapInArrow``. Rows
+that were not classified (empty text, no labels, errors) never pass: with ``action="keep"`` they are
+dropped unless ``keep_unscored=True``; with ``action="drop"`` they stay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from gliclass_dist.labels import LabelSpec
+from gliclass_dist.ray.filtering import Action, Require, filter_results
+from gliclass_dist.schema import RESULT_COLUMNS, empty_results
+from gliclass_dist.spark.udf import (
+    ModelOptions,
+    arrow_output_schema,
+    check_columns,
+    classify_batches,
+    make_config,
+    spark_output_schema,
+)
+
+if TYPE_CHECKING:
+    from pyspark.resource import ResourceProfile
+    from pyspark.sql import DataFrame
+
+
+def _filter_args(
+    labels: Sequence[str] | Mapping[str, float], threshold: float, require: Require, action: Action
+) -> dict[str, object]:
+    chosen = dict(labels) if isinstance(labels, Mapping) else [labels] if isinstance(labels, str) else list(labels)
+    kwargs = {"labels": chosen, "threshold": threshold, "require": require, "action": action}
+    filter_results(empty_results(0, "ok"), **kwargs)  # bad labels/thresholds fail here, on the driver
+    return kwargs
+
+
+def filter_classified(
+    df: DataFrame,
+    labels: Sequence[str] | Mapping[str, float],
+    *,
+    threshold: float = 0.5,
+    require: Require = "any",
+    action: Action = "keep",
+    keep_unscored: bool = False,
+) -> DataFrame:
+    """Rows of an already classified DataFrame (with a ``scores`` column) that pass (or, ``action="drop"``,
+    fail) the label thresholds; same columns."""
+    if "scores" not in df.columns:
+        raise KeyError(f"filter_classified needs a classified DataFrame with a 'scores' column (got {df.columns})")
+    kwargs = _filter_args(labels, threshold, require, action)
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            kept = filter_results(pa.Table.from_batches([batch]), keep_unscored=keep_unscored, **kwargs)
+            yield from kept.to_batches()
+
+    return df.mapInArrow(run, df.schema)
+
+
+def filter_dataframe(
+    df: DataFrame,
+    model: str | ModelOptions,
+    label_spec: LabelSpec | Sequence[str],
+    labels: Sequence[str] | Mapping[str, float],
+    *,
+    threshold: float = 0.5,
+    require: Require = "any",
+    action: Action = "keep",
+    keep_unscored: bool = False,
+    text_column: str = "text",
+    keep: Sequence[str] | None = None,
+    batch_rows: int | None = None,
+    profile: ResourceProfile | None = None,
+) -> DataFrame:
+    """Classify ``df`` against ``label_spec`` and keep (or drop) the rows passing ``labels``' thresholds, in one
+    ``mapInArrow`` stage. Output: the ``keep`` columns (default: every input column that does not clash with
+    a result column) and the result columns."""
+    if keep is None:
+        keep = [c for c in df.columns if c not in RESULT_COLUMNS]
+    config = make_config(model, label_spec, text_column=text_column, keep=keep, batch_rows=batch_rows)
+    check_columns(df, config)
+    kwargs = _filter_args(labels, threshold, require, action)
+    target = arrow_output_schema(df.schema, config.keep)
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in classify_batches(batches, config):
+            kept = filter_results(pa.Table.from_batches([batch]), keep_unscored=keep_unscored, **kwargs)
+            for out in kept.to_batches():
+                yield out.cast(target)
+
+    return df.mapInArrow(run, spark_output_schema(df.schema, config.keep), profile=profile)
+
+
+__all__ = ["filter_classified", "filter_dataframe"]
