@@ -20,6 +20,9 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Before torch loads OpenMP: spinning waiters cost 2-3x on this shared 2-core machine (bench/NOTES.md).
+# Every approach of a run shares this process, so all get the same setting.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
@@ -211,6 +214,7 @@ def machine_info(threads: int = THREADS) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
         "load_average_at_start": list(os.getloadavg()),
         "note": "2-core machine shared with other jobs; ratios are measured within one run, approaches interleaved",
     }

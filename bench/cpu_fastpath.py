@@ -45,13 +45,13 @@ def speed(approaches: dict[str, Any], sets: dict[str, list[str]], labels, target
     for set_name, texts in sets.items():
         rates = {}
         for name, approach in approaches.items():
-            wall, _, _ = common.timed(approach.classify, texts[:8], labels)
-            rates[name] = 8 / wall
+            wall, _, _ = common.timed(approach.classify, texts[:16], labels)
+            rates[name] = 16 / wall
         timing: dict[str, list[tuple[int, float]]] = {name: [] for name in approaches}
         names = list(approaches)
         for r in range(rounds):
             for name in names[r % len(names) :] + names[: r % len(names)]:
-                n = max(8, min(len(texts), int(rates[name] * target_s)))
+                n = max(32, min(len(texts), int(rates[name] * target_s)))
                 n -= n % 2
                 wall, _, _ = common.timed(approaches[name].classify, texts[:n], labels)
                 rates[name] = n / wall

@@ -32,8 +32,19 @@ logger = logging.getLogger("bench.engine_vs_peers")
 APPROACHES = ("engine", "reference", "nli_cross_encoder", "embedding")
 
 
-def pick_count(rate: float, target_s: float, available: int, even: bool) -> int:
-    n = max(1, min(available, int(rate * target_s)))
+MIN_TEXTS = 32
+MIN_PAIRS = 64
+
+
+def min_count(name: str, labels: int, even: bool) -> int:
+    """Smallest call: ``MIN_TEXTS`` texts (calls of a handful of rows measure per-call overheads, not
+    throughput); for the NLI cross-encoder at least ``MIN_PAIRS`` text-label pairs."""
+    n = max(1, MIN_PAIRS // labels) if name == "nli_cross_encoder" else MIN_TEXTS
+    return max(2, n + n % 2) if even else n
+
+
+def pick_count(rate: float, target_s: float, available: int, floor: int, even: bool) -> int:
+    n = max(floor, min(available, int(rate * target_s)))
     if even:
         n = max(2, n - n % 2)
     return n
@@ -53,14 +64,15 @@ def measure(
         for count in label_counts:
             labels = common.label_set(count)
             rates: dict[str, float] = {}
+            floors = {name: min_count(name, count, even) for name in names}
             for name in names:  # warm-up call, also sizes the measured calls
-                n = 2 if even else 1 if name == "nli_cross_encoder" and count >= 32 else 4
+                n = min(floors[name], 8)
                 wall, _, _ = common.timed(approaches[name].classify, texts[:n], labels)
                 rates[name] = n / wall
             for r in range(rounds):
                 order = names[r % len(names) :] + names[: r % len(names)]
                 for name in order:
-                    n = pick_count(rates[name], target_s, len(texts), even)
+                    n = pick_count(rates[name], target_s, len(texts), floors[name], even)
                     wall, cpu, _ = common.timed(approaches[name].classify, texts[:n], labels)
                     rates[name] = n / wall
                     rec = records.setdefault((name, set_name, count), {"n": [], "wall": [], "cpu": []})
@@ -72,7 +84,11 @@ def measure(
 
 
 def score_check(approaches: dict[str, Any], texts: list[str], count: int = 5, rows: int = 6) -> dict[str, Any]:
-    """Engine scores (one batched call) against the reference run one text at a time (it pools without the mask)."""
+    """Engine scores (one batched call) against the reference run one text at a time (it pools without the mask).
+
+    On checkpoints with ``extract_text_features`` + ``avg`` pooling the two differ even one text at a time:
+    the reference averages the text tokens over the whole sequence length (bench/NOTES.md).
+    """
     labels = common.label_set(count)
     sample = texts[:rows]
     ours = approaches["engine"].classify(sample, labels)
@@ -160,9 +176,12 @@ def plot(results: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global MIN_TEXTS, MIN_PAIRS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target-s", type=float, default=3.0, help="seconds per measured call")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--min-texts", type=int, default=MIN_TEXTS, help="smallest call (texts)")
+    parser.add_argument("--min-pairs", type=int, default=MIN_PAIRS, help="smallest NLI call (text x label pairs)")
     parser.add_argument("--sets", nargs="+", default=list(common.TEXT_SETS))
     parser.add_argument("--labels", nargs="+", type=int, default=list(common.LABEL_COUNTS))
     parser.add_argument("--approaches", nargs="+", default=list(APPROACHES))
@@ -170,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="engine_vs_peers")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    MIN_TEXTS, MIN_PAIRS = args.min_texts, args.min_pairs
     common.set_threads()
     started = time.perf_counter()
     checkpoint = args.model or common.throughput_checkpoint()

@@ -151,6 +151,7 @@ def base_env(threads: int) -> dict[str, str]:
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
             "OMP_NUM_THREADS": str(threads),
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
             "PYTHONPATH": str(ROOT),
         }
     )

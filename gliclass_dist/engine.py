@@ -27,15 +27,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import torch
+# OpenMP threads that spin while waiting make a CPU engine 2-3x slower wherever the cores are shared
+# (Ray/Spark workers on one node, busy hosts): measured in bench/NOTES.md. The policy is read once, when
+# torch loads its OpenMP runtime, so it only takes effect here if nothing imported torch earlier; job
+# launchers should set it in the worker environment too. An explicit setting always wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from gliclass_dist.labels import LabelSpec, Mode, clean_row_labels, validate_fixed_labels
-from gliclass_dist.model.inputs import EncodedRow, InputBuilder, LabelTooLongError
-from gliclass_dist.model.loading import load_model, load_tokenizer, resolve_model_ref
-from gliclass_dist.model.modeling import GLiClassModel
-from gliclass_dist.schema import SCORE_TYPE, Status, output_schema
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import torch  # noqa: E402
+
+from gliclass_dist.labels import LabelSpec, Mode, clean_row_labels, validate_fixed_labels  # noqa: E402
+from gliclass_dist.model.inputs import EncodedRow, InputBuilder, LabelTooLongError  # noqa: E402
+from gliclass_dist.model.loading import load_model, load_tokenizer, resolve_model_ref  # noqa: E402
+from gliclass_dist.model.modeling import GLiClassModel  # noqa: E402
+from gliclass_dist.schema import SCORE_TYPE, Status, output_schema  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +51,10 @@ MAX_BATCH_ROWS = 1024
 # A micro-batch also closes early when the next (shorter) row would be padded by more than PAD_TOLERANCE
 # of the batch's width, once the batch holds MIN_FILL of the token budget (so batches stay large enough
 # to keep the device busy). Row scores never depend on batch-mates, so this changes speed, not results.
-# On CPU a matmul over ~1k tokens already runs near peak, so batches may close early from there on.
+# On CPU a matmul over ~2k tokens already runs near peak, so batches may close early from there on.
 PAD_TOLERANCE = 0.10
 MIN_FILL = 0.25
-CPU_MIN_FILL_TOKENS = 1024
+CPU_MIN_FILL_TOKENS = 2048
 
 
 @dataclass
