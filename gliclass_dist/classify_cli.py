@@ -46,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=0.5, help="multi-label decision threshold (default 0.5)")
     p.add_argument("--prompt", default=None, help="optional task description placed after the labels")
     p.add_argument("--batch-rows", type=int, default=512, help="rows handed to the engine at a time")
-    p.add_argument("--token-budget", type=int, default=16_384, help="padded tokens per forward pass")
+    p.add_argument("--token-budget", type=int, default=None,
+                   help="padded tokens per forward pass (default: 2048 on CPU, 16384 on GPU)")
     p.add_argument("--max-length", type=int, default=None, help="model window in tokens (default: the model's)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")

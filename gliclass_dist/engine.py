@@ -55,6 +55,16 @@ MAX_BATCH_ROWS = 1024
 PAD_TOLERANCE = 0.10
 MIN_FILL = 0.25
 CPU_MIN_FILL_TOKENS = 2048
+# Default padded tokens per forward pass. On a GPU, large batches keep the device busy; on CPU, batches
+# of ~2k tokens are faster per token than larger ones (activations stay in cache): measured in
+# bench/NOTES.md (BBC articles, 5 labels: 1.56x the reference at 2,048 tokens vs 1.26x at 16,384).
+GPU_TOKEN_BUDGET = 16_384
+CPU_TOKEN_BUDGET = 2_048
+
+
+def default_token_budget(device: torch.device) -> int:
+    """The token budget used when none is given: ``CPU_TOKEN_BUDGET`` on CPU, ``GPU_TOKEN_BUDGET`` otherwise."""
+    return CPU_TOKEN_BUDGET if device.type == "cpu" else GPU_TOKEN_BUDGET
 
 
 @dataclass
@@ -132,7 +142,7 @@ class Classifier:
         model_name: str,
         device: torch.device | str | None = None,
         dtype: torch.dtype | str | None = None,
-        token_budget: int = 16_384,
+        token_budget: int | None = None,
         backend: str = "torch",
     ) -> None:
         self.device = device if isinstance(device, torch.device) else pick_device(device)
@@ -150,7 +160,7 @@ class Classifier:
             self.model = quantize_encoder_int8(self.model)
         self.builder = builder
         self.model_name = model_name
-        self.token_budget = int(token_budget)
+        self.token_budget = int(token_budget or default_token_budget(self.device))
         self.stats: dict[str, int] = {
             "rows": 0,
             "forward_passes": 0,
@@ -177,13 +187,15 @@ class Classifier:
         device: str | None = "auto",
         dtype: str | None = "auto",
         max_length: int | None = None,
-        token_budget: int = 16_384,
+        token_budget: int | None = None,
         revision: str | None = None,
         allow_pickle: bool = False,
         model_name: str | None = None,
         backend: str = "torch",
     ) -> Classifier:
         """Load a checkpoint (local folder or hub id) once; every check runs here, before any batch.
+
+        ``token_budget`` caps the padded tokens of one forward pass (default: 2,048 on CPU, 16,384 on GPU).
 
         ``backend="int8"`` (CPU, float32 only) quantizes the encoder's linear layers to int8 for a
         faster CPU path; scores move slightly (see bench/NOTES.md for the measured F1 change).
@@ -480,6 +492,7 @@ def expected_padding_ratio(lengths: Sequence[int], budget: int, min_fill: float 
 __all__ = [
     "Classifier",
     "Prediction",
+    "default_token_budget",
     "expected_padding_ratio",
     "pick_device",
     "pick_dtype",

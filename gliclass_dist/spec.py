@@ -91,7 +91,7 @@ class ResourceSpec(_Strict):
     max_actors: int = Field(1, ge=1)
     gpus_per_actor: float = Field(0.0, ge=0.0)
     cpus_per_actor: float = Field(1.0, gt=0.0)
-    token_budget: int = Field(16_384, ge=64)  # padded tokens per forward pass
+    token_budget: int | None = Field(None, ge=64)  # padded tokens per forward pass (None: 2k CPU, 16k GPU)
     batch_rows: int = Field(256, ge=1)  # rows per Ray/Spark batch handed to the engine
     tokenize_stage: bool = True  # Ray: tokenize in a separate CPU stage
 

@@ -51,6 +51,36 @@ def test_300_labels_on_a_128_token_window_scores_every_label(tiny_model):
     assert row.labels == labels
 
 
+def test_label_chunks_are_few_balanced_and_leave_a_quarter_window_of_text(tiny_model):
+    clf = Classifier.from_pretrained(tiny_model, device="cpu", max_length=128)
+    builder = clf.builder
+    available = 128 - len(builder.prefix) - len(builder.suffix)
+    labels = [f"label {i}" for i in range(300)]
+    row = builder.encode([LONG], [labels])[0]
+    blocks = [sum(len(builder.label_ids(lb)) for lb in chunk) for chunk in row.chunk_labels]
+    greedy_chunks = -(-sum(blocks) // (available - available // 4 - 1))  # ceil: fewest chunks that leave 1/4
+    assert len(row.chunks) <= greedy_chunks + 1
+    assert max(blocks) - min(blocks) <= 2 * max(len(builder.label_ids(lb)) for lb in labels)  # balanced
+    assert all(len(c) == 128 for c in row.chunks)  # each chunk filled with text up to the window
+    # labels that leave the text a quarter of the window share a single pass
+    few = [f"label {i}" for i in range(12)]
+    block = sum(len(builder.label_ids(lb)) for lb in few) + 1
+    assert block + available // 4 <= available
+    assert len(builder.encode([LONG], [few])[0].chunks) == 1
+
+
+def test_split_labels_keeps_order_and_capacity():
+    from gliclass_dist.model.inputs import split_labels
+
+    lengths = [3, 5, 2, 4, 4, 3, 6, 1, 2, 5]
+    for capacity in (6, 8, 11, 40):
+        groups = split_labels(lengths, capacity)
+        assert [i for g in groups for i in g] == list(range(len(lengths)))
+        assert all(sum(lengths[i] for i in g) <= capacity for g in groups)
+    assert split_labels(lengths, 40) == [list(range(len(lengths)))]
+    assert split_labels([3, 20, 3], 12) == [[0], [1], [2]]  # an over-long label alone, reported by the caller
+
+
 def test_long_text_keeps_all_labels(tiny_model):
     clf = Classifier.from_pretrained(tiny_model, device="cpu", max_length=64)
     pred = clf.classify([LONG * 3], LABELS)[0]

@@ -186,7 +186,7 @@ class GLiClassPredictor:
         device: str = "auto",
         dtype: str = "auto",
         max_length: int | None = None,
-        token_budget: int = 16_384,
+        token_budget: int | None = None,
         allow_pickle: bool = False,
     ) -> None:
         from gliclass_dist.engine import Classifier

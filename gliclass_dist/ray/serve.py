@@ -72,7 +72,7 @@ class ServeArgs(BaseModel):
     device: str = "auto"
     dtype: str = "auto"
     max_length: int | None = Field(None, gt=8)
-    token_budget: int = Field(16_384, gt=0)
+    token_budget: int | None = Field(None, gt=0, description="padded tokens per forward pass (default: 2k CPU, 16k GPU)")
     allow_pickle: bool = False
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads (default: the replica's CPUs)")
 

@@ -39,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     p.add_argument("--max-length", type=int, default=None, help="model window in tokens (default: the model's)")
-    p.add_argument("--token-budget", type=int, default=16_384, help="padded tokens per forward pass")
+    p.add_argument("--token-budget", type=int, default=None,
+                   help="padded tokens per forward pass (default: 2048 on CPU, 16384 on GPU)")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pytorch_model.bin (weights_only)")
 
     batching = p.add_argument_group("dynamic batching (adjustable later through the deployment's user_config)")

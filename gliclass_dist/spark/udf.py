@@ -77,7 +77,7 @@ class ModelOptions:
     device: str = "auto"
     dtype: str = "auto"
     max_length: int | None = None
-    token_budget: int = 16_384
+    token_budget: int | None = None
     revision: str | None = None
     allow_pickle: bool = False
     model_name: str | None = None

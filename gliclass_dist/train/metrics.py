@@ -61,7 +61,7 @@ def evaluate(
     mode: str = "auto",
     threshold: float = 0.5,
     device: str = "cpu",
-    token_budget: int = 16_384,
+    token_budget: int | None = None,
 ) -> dict[str, Any]:
     """Score ``records`` with the engine (labels in their given order) and return F1 figures.
 
