@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--chars", type=int, default=300)
     parser.add_argument("--batch-rows", type=int, default=256)
-    parser.add_argument("--token-budget", type=int, default=16_384)
+    parser.add_argument("--token-budget", type=int, default=2048)
     parser.add_argument("--ray-configs", nargs="+", default=list(RAY_CONFIGS), choices=list(RAY_CONFIGS))
     parser.add_argument("--skip", nargs="*", default=[], choices=["ray", "spark"])
     parser.add_argument("--model", type=Path, default=None)

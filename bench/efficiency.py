@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target-s", type=float, default=4.0)
     parser.add_argument("--labels", type=int, default=5)
-    parser.add_argument("--budgets", type=int, nargs="+", default=[2048, 4096, 8192, 16384])
+    parser.add_argument("--budgets", type=int, nargs="+", default=[512, 1024, 2048, 4096, 16384])
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--out", default="efficiency")
     args = parser.parse_args(argv)

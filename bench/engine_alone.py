@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--labels", nargs="+", required=True)
     parser.add_argument("--batch-rows", type=int, default=256)
-    parser.add_argument("--token-budget", type=int, default=16_384)
+    parser.add_argument("--token-budget", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--summary-json", required=True)

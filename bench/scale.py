@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="gliclass_bench_scale_"))
     model = build_tiny_checkpoint(work / "tiny-model", backbone="bert", seed=0)
-    resources = {"batch_rows": args.batch_rows, "token_budget": 16_384}
+    resources = {"batch_rows": args.batch_rows, "token_budget": 2048}
     runs: list[dict[str, Any]] = []
     try:
         for rows in args.rows:

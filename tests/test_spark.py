@@ -203,7 +203,7 @@ def test_map_in_arrow_keeps_columns_and_agrees_with_the_udf(spark, tiny_model: P
 
 def test_filter_stage_keeps_the_rows_the_ray_rule_keeps(spark, tiny_model: Path, classifier):
     from gliclass_dist.engine import Classifier
-    from gliclass_dist.ray.filtering import filter_results
+    from gliclass_dist.filtering import filter_results
     from gliclass_dist.spark.filtering import filter_classified, filter_dataframe
     from gliclass_dist.spark.udf import classify_dataframe
 

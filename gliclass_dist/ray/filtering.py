@@ -1,91 +1,16 @@
-"""The classifier as a filter: keep (or drop) classified rows whose scores pass given labels/thresholds.
+"""The classifier as a filter stage in Ray Data pipelines (the rule itself: ``gliclass_dist.filtering``).
 
-Works on result tables (the output schema's ``scores`` column), in pyarrow.compute only::
-
-    passing_mask(results, ["complaint"], threshold=0.7)                 # one bool per row
-    filter_results(results, {"complaint": 0.7, "billing": 0.5}, require="all")
-    filter_dataset(ds, ["spam"], threshold=0.9, action="drop")          # Ray Data stage
-
-A row passes when ``require="any"`` (default) of the given labels, or ``"all"`` of them, has a score
->= its threshold. Rows that were not classified (no scores: empty text, no labels, errors) never pass;
-with ``action="keep"`` they are dropped unless ``keep_unscored=True``, with ``action="drop"`` they stay.
+    filter_dataset(ds, ["spam"], threshold=0.9, action="drop")
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
+from gliclass_dist.filtering import Action, Require, _thresholds, filter_results, passing_mask
 
-Require = Literal["any", "all"]
-Action = Literal["keep", "drop"]
-
-
-def _thresholds(labels: Sequence[str] | Mapping[str, float], threshold: float) -> dict[str, float]:
-    if isinstance(labels, Mapping):
-        chosen = {str(k): float(v) for k, v in labels.items()}
-    elif isinstance(labels, str):
-        chosen = {labels: float(threshold)}
-    else:
-        chosen = {str(label): float(threshold) for label in labels}
-    if not chosen:
-        raise ValueError("give at least one label to filter on")
-    for label, value in chosen.items():
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"threshold of {label!r} must be within [0, 1], got {value}")
-    return chosen
-
-
-def passing_mask(
-    results: pa.Table | pa.RecordBatch,
-    labels: Sequence[str] | Mapping[str, float],
-    *,
-    threshold: float = 0.5,
-    require: Require = "any",
-) -> pa.BooleanArray:
-    """Per row: do the row's scores pass (``labels`` a list with one ``threshold``, or ``{label: threshold}``)?"""
-    if require not in ("any", "all"):
-        raise ValueError(f"require must be 'any' or 'all', got {require!r}")
-    chosen = _thresholds(labels, threshold)
-    scores = results.column("scores")
-    if isinstance(scores, pa.ChunkedArray):
-        scores = scores.combine_chunks()
-    n = len(scores)
-    flat = pc.list_flatten(scores)
-    parents = pc.list_parent_indices(scores).to_numpy(zero_copy_only=False)
-    names = pa.array(list(chosen), pa.string())
-    limits = pa.array(list(chosen.values()), pa.float64())
-    position = pc.index_in(pc.struct_field(flat, "label"), value_set=names)
-    limit = pc.take(limits, position)  # null where the label is not one we filter on
-    hit = pc.fill_null(pc.greater_equal(pc.cast(pc.struct_field(flat, "score"), pa.float64()), limit), False)
-    hits_per_row = np.bincount(parents[hit.to_numpy(zero_copy_only=False)], minlength=n)
-    if require == "any":
-        return pa.array(hits_per_row > 0)
-    return pa.array(hits_per_row >= len(chosen))
-
-
-def filter_results(
-    results: pa.Table,
-    labels: Sequence[str] | Mapping[str, float],
-    *,
-    threshold: float = 0.5,
-    require: Require = "any",
-    action: Action = "keep",
-    keep_unscored: bool = False,
-) -> pa.Table:
-    """``results`` with the passing rows kept (``action="keep"``) or removed (``action="drop"``)."""
-    if action not in ("keep", "drop"):
-        raise ValueError(f"action must be 'keep' or 'drop', got {action!r}")
-    mask = passing_mask(results, labels, threshold=threshold, require=require)
-    if action == "drop":
-        mask = pc.invert(mask)
-    elif keep_unscored:
-        unscored = pc.equal(pc.list_value_length(results.column("scores")), 0)
-        mask = pc.or_(mask, pc.fill_null(unscored, True))
-    return results.filter(mask)
+__all__ = ["Action", "Require", "filter_dataset", "filter_results", "passing_mask"]
 
 
 def filter_dataset(

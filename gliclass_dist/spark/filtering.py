@@ -1,4 +1,4 @@
-"""The classifier as a filter stage in Spark pipelines (the Spark twin of ``gliclass_dist.ray.filtering``).
+"""The classifier as a filter stage in Spark pipelines (the rule itself: ``gliclass_dist.filtering``).
 
 ::
 
@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from gliclass_dist.filtering import Action, Require, filter_results
 from gliclass_dist.labels import LabelSpec
-from gliclass_dist.ray.filtering import Action, Require, filter_results
 from gliclass_dist.schema import RESULT_COLUMNS, empty_results
 from gliclass_dist.spark.udf import (
     ModelOptions,
