@@ -331,66 +331,17 @@ class Classifier:
         prompt: str | None,
         examples: Sequence[Mapping[str, Any]] | None,
     ) -> list[Prediction]:
-        preds = [Prediction() for _ in texts]
-        todo: list[int] = []
-        todo_labels: list[list[str]] = []
-        for i, (text, raw_labels) in enumerate(zip(texts, row_labels)):
-            if text is None or (isinstance(text, str) and not text.strip()):
-                preds[i].status = Status.EMPTY_TEXT
-                continue
-            if not isinstance(text, str):
-                preds[i].status = Status.INVALID_TEXT
-                continue
-            cleaned, was_cleaned = clean_row_labels(raw_labels)
-            if cleaned is None:
-                preds[i].status = Status.INVALID_LABELS
-                continue
-            if not cleaned:
-                preds[i].status = Status.NO_LABELS
-                continue
-            if was_cleaned:
-                preds[i].status = Status.LABELS_CLEANED
-            todo.append(i)
-            todo_labels.append(cleaned)
-        encoded = self.builder.encode([texts[i] for i in todo], todo_labels, prompt, examples) if todo else []
-        scorable = [(i, row) for i, row in zip(todo, encoded) if isinstance(row, EncodedRow)]
-        for i, row in zip(todo, encoded):
-            if isinstance(row, LabelTooLongError):
-                preds[i].status = Status.error(str(row))
+        statuses, encoded = prepare_rows(self.builder, texts, row_labels, prompt, examples)
+        preds = [Prediction(status=status) for status in statuses]
+        scorable = [(i, row) for i, row in enumerate(encoded) if row is not None]
         logits = self.score_encoded([row for _, row in scorable])
         for (i, row), row_logits in zip(scorable, logits):
             if isinstance(row_logits, Exception):
                 preds[i].status = Status.error(f"{type(row_logits).__name__}: {row_logits}")
                 continue
-            self._fill(preds[i], row.labels, row_logits, mode, threshold, per_label, row.truncated)
+            fill_prediction(preds[i], row.labels, row_logits, mode, threshold, per_label, row.truncated)
         self.stats["rows"] += len(texts)
         return preds
-
-    @staticmethod
-    def _fill(
-        pred: Prediction,
-        labels: list[str],
-        logits: np.ndarray,
-        mode: Mode,
-        threshold: float,
-        per_label: Mapping[str, float],
-        truncated: bool,
-    ) -> None:
-        logits = logits.astype(np.float64)
-        if mode == "single-label":
-            shifted = np.exp(logits - logits.max())
-            probs = shifted / shifted.sum()
-        else:
-            probs = 1.0 / (1.0 + np.exp(-logits))
-        pred.scores = {label: float(p) for label, p in zip(labels, probs)}
-        top = int(np.argmax(probs))
-        pred.top_label, pred.top_score = labels[top], float(probs[top])
-        if mode == "single-label":
-            pred.labels = [labels[top]]
-        else:
-            pred.labels = [lb for lb, p in zip(labels, probs) if p >= per_label.get(lb, threshold)]
-        if truncated and pred.status == Status.OK:
-            pred.status = Status.TRUNCATED
 
     # -- Arrow API -----------------------------------------------------------------------------
     def classify_arrow(
@@ -419,6 +370,76 @@ class Classifier:
         results = predictions_to_arrow(preds, self.model_name, spec.label_set_id)
         columns = [data.column(name) for name in keep] + results.columns
         return pa.Table.from_arrays(columns, schema=schema)
+
+
+def prepare_rows(
+    builder: InputBuilder,
+    texts: Sequence[Any],
+    row_labels: Sequence[Any],
+    prompt: str | None = None,
+    examples: Sequence[Mapping[str, Any]] | None = None,
+) -> tuple[list[str], list[EncodedRow | None]]:
+    """Per row: its status so far and its encoded model input (None when the row is not scored).
+
+    The row checks every front end shares: null/blank text, non-string text, malformed, empty or
+    cleaned label lists, and labels too long for the window. Ray runs this in a separate CPU stage.
+    """
+    statuses = [Status.OK] * len(texts)
+    encoded: list[EncodedRow | None] = [None] * len(texts)
+    todo: list[int] = []
+    todo_labels: list[list[str]] = []
+    for i, (text, raw_labels) in enumerate(zip(texts, row_labels)):
+        if text is None or (isinstance(text, str) and not text.strip()):
+            statuses[i] = Status.EMPTY_TEXT
+            continue
+        if not isinstance(text, str):
+            statuses[i] = Status.INVALID_TEXT
+            continue
+        cleaned, was_cleaned = clean_row_labels(raw_labels)
+        if cleaned is None:
+            statuses[i] = Status.INVALID_LABELS
+            continue
+        if not cleaned:
+            statuses[i] = Status.NO_LABELS
+            continue
+        if was_cleaned:
+            statuses[i] = Status.LABELS_CLEANED
+        todo.append(i)
+        todo_labels.append(cleaned)
+    rows = builder.encode([texts[i] for i in todo], todo_labels, prompt, examples) if todo else []
+    for i, row in zip(todo, rows):
+        if isinstance(row, LabelTooLongError):
+            statuses[i] = Status.error(str(row))
+        else:
+            encoded[i] = row
+    return statuses, encoded
+
+
+def fill_prediction(
+    pred: Prediction,
+    labels: list[str],
+    logits: np.ndarray,
+    mode: Mode,
+    threshold: float,
+    per_label: Mapping[str, float],
+    truncated: bool,
+) -> None:
+    """Turn one row's merged logits into scores (sigmoid, or softmax for single-label), labels and top label."""
+    logits = logits.astype(np.float64)
+    if mode == "single-label":
+        shifted = np.exp(logits - logits.max())
+        probs = shifted / shifted.sum()
+    else:
+        probs = 1.0 / (1.0 + np.exp(-logits))
+    pred.scores = {label: float(p) for label, p in zip(labels, probs)}
+    top = int(np.argmax(probs))
+    pred.top_label, pred.top_score = labels[top], float(probs[top])
+    if mode == "single-label":
+        pred.labels = [labels[top]]
+    else:
+        pred.labels = [lb for lb, p in zip(labels, probs) if p >= per_label.get(lb, threshold)]
+    if truncated and pred.status == Status.OK:
+        pred.status = Status.TRUNCATED
 
 
 def text_values(column: pa.ChunkedArray | pa.Array) -> list[Any]:
@@ -493,6 +514,8 @@ __all__ = [
     "Classifier",
     "Prediction",
     "default_token_budget",
+    "fill_prediction",
+    "prepare_rows",
     "expected_padding_ratio",
     "pick_device",
     "pick_dtype",

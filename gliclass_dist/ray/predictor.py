@@ -29,8 +29,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from gliclass_dist.labels import LabelSpec, clean_row_labels
-from gliclass_dist.model.inputs import EncodedRow, InputBuilder, LabelTooLongError
+from gliclass_dist.labels import LabelSpec
+from gliclass_dist.model.inputs import EncodedRow, InputBuilder
 from gliclass_dist.schema import Status, output_schema
 
 logger = logging.getLogger(__name__)
@@ -92,44 +92,6 @@ def load_builder(
     return InputBuilder(load_tokenizer(path, config), config, max_length)
 
 
-def prepare_rows(
-    builder: InputBuilder, texts: list[Any], row_labels: list[Any], prompt: str | None
-) -> tuple[list[str], list[EncodedRow | None]]:
-    """Per row: the status so far and the encoded row (None when the row is not scored).
-
-    The same checks, in the same order, as ``Classifier.classify_arrow``.
-    """
-    statuses = [Status.OK] * len(texts)
-    encoded: list[EncodedRow | None] = [None] * len(texts)
-    todo: list[int] = []
-    todo_labels: list[list[str]] = []
-    for i, (text, raw_labels) in enumerate(zip(texts, row_labels)):
-        if text is None or (isinstance(text, str) and not text.strip()):
-            statuses[i] = Status.EMPTY_TEXT
-            continue
-        if not isinstance(text, str):
-            statuses[i] = Status.INVALID_TEXT
-            continue
-        cleaned, was_cleaned = clean_row_labels(raw_labels)
-        if cleaned is None:
-            statuses[i] = Status.INVALID_LABELS
-            continue
-        if not cleaned:
-            statuses[i] = Status.NO_LABELS
-            continue
-        if was_cleaned:
-            statuses[i] = Status.LABELS_CLEANED
-        todo.append(i)
-        todo_labels.append(cleaned)
-    rows = builder.encode([texts[i] for i in todo], todo_labels, prompt) if todo else []
-    for i, row in zip(todo, rows):
-        if isinstance(row, LabelTooLongError):
-            statuses[i] = Status.error(str(row))
-        else:
-            encoded[i] = row
-    return statuses, encoded
-
-
 def tokenize_batch(
     batch: pa.Table,
     *,
@@ -154,7 +116,10 @@ def tokenize_batch(
         row_labels = batch.column(label_spec.column).to_pylist()
     else:
         row_labels = [label_spec.fixed] * batch.num_rows
-    statuses, encoded = prepare_rows(load_builder(model_path, max_length, model_ref, revision), texts, row_labels, label_spec.prompt)
+    from gliclass_dist.engine import prepare_rows
+
+    builder = load_builder(model_path, max_length, model_ref, revision)
+    statuses, encoded = prepare_rows(builder, texts, row_labels, label_spec.prompt)
     columns = {name: batch.column(name) for name in keep}
     columns[PRE_STATUS] = pa.array(statuses, pa.string())
     columns[CHUNKS] = pa.array([row.chunks if row else None for row in encoded], ENCODED_FIELDS[1].type)
@@ -230,7 +195,7 @@ class GLiClassPredictor:
         return result
 
     def _score_encoded(self, batch: pa.Table) -> pa.Table:
-        from gliclass_dist.engine import Classifier, Prediction, predictions_to_arrow
+        from gliclass_dist.engine import Prediction, fill_prediction, predictions_to_arrow
 
         spec = self.label_spec
         statuses = batch.column(PRE_STATUS).to_pylist()
@@ -245,7 +210,7 @@ class GLiClassPredictor:
             if isinstance(row_logits, Exception):
                 preds[i].status = Status.error(f"{type(row_logits).__name__}: {row_logits}")
                 continue
-            Classifier._fill(preds[i], row.labels, row_logits, spec.mode, spec.threshold, spec.thresholds, row.truncated)
+            fill_prediction(preds[i], row.labels, row_logits, spec.mode, spec.threshold, spec.thresholds, row.truncated)
         self.classifier.stats["rows"] += len(preds)
         results = predictions_to_arrow(preds, self.classifier.model_name, spec.label_set_id)
         schema = output_schema(batch.schema, self.keep)
