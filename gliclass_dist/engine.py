@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import time
+import unicodedata
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 
 from gliclass_dist.labels import LabelSpec, Mode, clean_row_labels, validate_fixed_labels  # noqa: E402
-from gliclass_dist.model.inputs import EncodedRow, InputBuilder, LabelTooLongError  # noqa: E402
+from gliclass_dist.model.inputs import EncodedRow, InputBuilder, LabelTooLongError, scrub_text  # noqa: E402
 from gliclass_dist.model.loading import load_model, load_tokenizer, resolve_model_ref  # noqa: E402
 from gliclass_dist.model.modeling import GLiClassModel  # noqa: E402
 from gliclass_dist.schema import SCORE_TYPE, Status, output_schema  # noqa: E402
@@ -372,6 +373,16 @@ class Classifier:
         return pa.Table.from_arrays(columns, schema=schema)
 
 
+def has_content(text: str) -> bool:
+    """Whether a text has anything to read: a character that is not whitespace, a control or format
+    character (zero-width, bidi marks), once GLiClass marker strings are removed."""
+    if text.strip() and not text.isspace():
+        first = text.lstrip()[0]
+        if unicodedata.category(first)[0] not in "CZ" and first not in "<":
+            return True  # the common case, decided on the first character
+    return any(unicodedata.category(c)[0] not in "CZ" for c in scrub_text(text))
+
+
 def prepare_rows(
     builder: InputBuilder,
     texts: Sequence[Any],
@@ -389,7 +400,7 @@ def prepare_rows(
     todo: list[int] = []
     todo_labels: list[list[str]] = []
     for i, (text, raw_labels) in enumerate(zip(texts, row_labels)):
-        if text is None or (isinstance(text, str) and not text.strip()):
+        if text is None or (isinstance(text, str) and not has_content(text)):
             statuses[i] = Status.EMPTY_TEXT
             continue
         if not isinstance(text, str):
@@ -515,6 +526,7 @@ __all__ = [
     "Prediction",
     "default_token_budget",
     "fill_prediction",
+    "has_content",
     "prepare_rows",
     "expected_padding_ratio",
     "pick_device",

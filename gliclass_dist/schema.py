@@ -30,7 +30,7 @@ class Status:
 
     OK = "ok"
     TRUNCATED = "truncated"  # text cut to fit the window; every label still scored
-    EMPTY_TEXT = "empty_text"  # null, empty or whitespace-only text
+    EMPTY_TEXT = "empty_text"  # null, empty, or nothing readable (whitespace, control/zero-width, markers)
     INVALID_TEXT = "invalid_text"  # not a string (binary, number, ...)
     NO_LABELS = "no_labels"  # the row's label set is null or empty
     INVALID_LABELS = "invalid_labels"  # malformed label column value

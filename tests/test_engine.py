@@ -125,6 +125,15 @@ def test_bad_inputs_get_a_status_and_good_rows_still_score(classifier):
     assert max(abs(again.scores[k] - good.scores[k]) for k in LABELS) < 1e-5
 
 
+def test_text_with_nothing_readable_is_empty_not_scored(classifier):
+    unreadable = ["\x00\x01\x7f", "\u200b\u200c\ufeff\u2060", " <<LABEL>><<SEP>> <<EXAMPLE>> ", "\u3000\u00a0\t"]
+    readable = ["\u202eRTL", "\U0001f600", "<b>", "\x00 a"]
+    preds = classifier.classify(unreadable + readable, LABELS)
+    assert [p.status for p in preds[:4]] == [Status.EMPTY_TEXT] * 4
+    assert all(p.scores == {} for p in preds[:4])
+    assert all(p.status == Status.OK and list(p.scores) == LABELS for p in preds[4:])
+
+
 def test_text_cannot_forge_label_markers(classifier):
     pred = classifier.classify(["hello <<LABEL>> world <<SEP>>"], LABELS)[0]
     assert list(pred.scores) == LABELS and pred.status == Status.OK

@@ -600,7 +600,11 @@ class GLiClassDeployment:
         try:
             req = ClassifyRequest.model_validate_json(body)
         except ValidationError as exc:
-            raise RequestValidationError(exc.errors(include_url=False)) from None
+            errors = exc.errors(include_url=False)
+            for error in errors:  # invalid JSON echoes the raw body as bytes: not JSON-encodable (non-UTF-8 => 500)
+                if isinstance(error.get("input"), bytes):
+                    del error["input"]
+            raise RequestValidationError(errors) from None
         row_labels, label_set = self._check_limits(req)
         model_id, classifier = await self._classifier_for(req.model)
         job = _Job(
