@@ -135,7 +135,9 @@ def load_model(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> G
 def load_tokenizer(path: str | os.PathLike[str], config: GLiClassConfig) -> PreTrainedTokenizerBase:
     """Load the checkpoint's tokenizer and check that it carries the label tokens the config expects."""
     path = Path(path)
-    kwargs: dict[str, Any] = {}
+    # the encoder's config tells AutoTokenizer the tokenizer class without reading our config.json (whose
+    # model_type transformers does not know, and would warn about)
+    kwargs: dict[str, Any] = {"config": config.encoder_config}
     if config.encoder_config.model_type == "modernbert":
         kwargs["add_prefix_space"] = True
     try:
