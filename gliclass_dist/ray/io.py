@@ -271,15 +271,22 @@ class StagedCommitDatasink(Datasink):
                     self.sink.path or self.sink.table, connectors.commit_key(self.app_id, self.version))
 
     def write(self, blocks: Any, ctx: Any) -> StagedPart:
-        tables = [_as_arrow(block) for block in blocks]
-        tables = [t for t in tables if t.num_rows]
-        if not tables:
-            return StagedPart()
-        part = StagedPart(rows=sum(t.num_rows for t in tables))
-        counts = [status_counts(t) for t in tables]
+        # One block at a time: a write task gathers up to ``target_file_rows`` rows (Ray's
+        # ``min_rows_per_write``), which must not all sit in the worker's memory at once.
+        part = StagedPart()
+        counts: list[dict[str, int]] = []
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for block in blocks:
+                table = _as_arrow(block)
+                if not table.num_rows:
+                    continue
+                part.rows += table.num_rows
+                counts.append(status_counts(table))
+                yield from table.select(self.schema.names).cast(self.schema).to_batches()
+
+        part.files = connectors.stage_files(self.sink, batches(), schema=self.schema)
         part.status_counts = merge_counts(counts)
-        batches = (b for t in tables for b in t.select(self.schema.names).cast(self.schema).to_batches())
-        part.files = connectors.stage_files(self.sink, batches, schema=self.schema)
         return part
 
     def on_write_complete(self, write_result: Any) -> None:
