@@ -76,12 +76,19 @@ def job_spec(
 
 
 class TreeSampler:
-    """Peak RSS of a process tree: the root (driver), the JVM (Spark), and the largest single worker."""
+    """Peak RSS of a process tree: the root (driver), the JVM (Spark), and the largest single worker.
+
+    Also the peak *private* memory (RSS minus shared pages) of the driver and of the largest worker:
+    Ray workers map the shared-memory object store, whose pages count in their RSS as they read
+    blocks from it, so RSS alone grows with the data a worker has touched, not with what it holds.
+    """
 
     def __init__(self, pid: int, worker_markers: tuple[str, ...]) -> None:
         self.pid = pid
         self.markers = worker_markers
-        self.peak = {"driver_rss_mb": 0.0, "jvm_rss_mb": 0.0, "worker_rss_mb": 0.0, "tree_rss_mb": 0.0}
+        self.peak = {"driver_rss_mb": 0.0, "jvm_rss_mb": 0.0, "worker_rss_mb": 0.0, "tree_rss_mb": 0.0,
+                     "driver_private_mb": 0.0, "worker_private_mb": 0.0}
+        self.largest_worker = ""
         self.samples: list[dict[str, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -104,23 +111,31 @@ class TreeSampler:
                 procs = [root] + root.children(recursive=True)
             except psutil.Error:
                 break
-            driver = jvm = worker = total = 0.0
+            driver = jvm = worker = total = driver_private = worker_private = 0.0
             for proc in procs:
                 try:
-                    rss = proc.memory_info().rss / 2**20
+                    info = proc.memory_info()
+                    rss = info.rss / 2**20
+                    private = (info.rss - getattr(info, "shared", 0)) / 2**20
                     cmd = " ".join(proc.cmdline())
                 except psutil.Error:
                     continue
                 total += rss
                 if proc.pid == self.pid:
-                    driver = rss
+                    driver, driver_private = rss, private
                 elif "java" in proc.name():
                     jvm = max(jvm, rss)
                 elif any(m in cmd for m in self.markers):
                     worker = max(worker, rss)
+                    if private > worker_private:
+                        worker_private = private
+                        if private > self.peak["worker_private_mb"]:
+                            self.largest_worker = cmd[:80]
             sample = {"t": round(time.perf_counter() - start, 1), "driver": driver, "jvm": jvm, "worker": worker}
             self.samples.append(sample)
-            for key, value in (("driver_rss_mb", driver), ("jvm_rss_mb", jvm), ("worker_rss_mb", worker), ("tree_rss_mb", total)):
+            for key, value in (("driver_rss_mb", driver), ("jvm_rss_mb", jvm), ("worker_rss_mb", worker),
+                               ("tree_rss_mb", total), ("driver_private_mb", driver_private),
+                               ("worker_private_mb", worker_private)):
                 self.peak[key] = max(self.peak[key], round(value, 1))
             self._stop.wait(0.5)
 
@@ -141,7 +156,8 @@ def run_process(cmd: list[str], env: dict[str, str], markers: tuple[str, ...], t
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, 9)
                     code = proc.wait()
-    return {"wall_s": round(time.perf_counter() - started, 2), "exit_code": code, **sampler.peak, "log": str(log)}
+    return {"wall_s": round(time.perf_counter() - started, 2), "exit_code": code, **sampler.peak,
+            "largest_worker": sampler.largest_worker, "log": str(log)}
 
 
 def base_env(threads: int) -> dict[str, str]:

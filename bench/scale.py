@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                     spec = jh.job_spec(f"scale-spark-{rows}", data, run_dir / "sink", model, LABELS, dict(resources))
                     result = jh.run_spark_job(spec, run_dir, args.timeout, threads=1)
                 keep = ("wall_s", "exit_code", "rows_out", "rows_per_s", "classify_s", "driver_rss_mb",
-                        "jvm_rss_mb", "worker_rss_mb", "tree_rss_mb", "files", "status_counts")
+                        "jvm_rss_mb", "worker_rss_mb", "tree_rss_mb", "driver_private_mb", "worker_private_mb",
+                        "largest_worker", "files", "status_counts")
                 runs.append({"engine": engine, "rows": rows, **{k: result.get(k) for k in keep}})
                 logger.info("%s %d rows: %s", engine, rows, runs[-1])
                 shutil.rmtree(run_dir / "sink", ignore_errors=True)
@@ -116,8 +117,12 @@ def main(argv: list[str] | None = None) -> int:
                     "driver_rss_growth": round(large["driver_rss_mb"] / max(small["driver_rss_mb"], 1), 3),
                     "worker_rss_growth": round(large["worker_rss_mb"] / max(small["worker_rss_mb"], 1), 3),
                     "jvm_rss_growth": round(large["jvm_rss_mb"] / max(small["jvm_rss_mb"], 1), 3) if engine == "spark" else None,
-                    "flat": large["driver_rss_mb"] <= 1.2 * small["driver_rss_mb"] + 50
+                    "driver_private_growth": round(large["driver_private_mb"] / max(small["driver_private_mb"], 1), 3),
+                    "worker_private_growth": round(large["worker_private_mb"] / max(small["worker_private_mb"], 1), 3),
+                    "flat_rss": large["driver_rss_mb"] <= 1.2 * small["driver_rss_mb"] + 50
                     and large["worker_rss_mb"] <= 1.2 * small["worker_rss_mb"] + 50,
+                    "flat": large["driver_private_mb"] <= 1.2 * small["driver_private_mb"] + 50
+                    and large["worker_private_mb"] <= 1.2 * small["worker_private_mb"] + 50,
                 }
             )
     machine = common.machine_info(threads=os.cpu_count() or 1)
@@ -131,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         "resources": resources,
         "runs": runs,
         "memory_growth": growth,
-        "flat_rule": "peak RSS at the largest size <= 1.2 x the smallest + 50 MB, for driver and worker",
+        "flat_rule": "peak private memory (RSS minus shared pages) at the largest size <= 1.2 x the smallest + 50 MB, "
+                     "for driver and worker ('flat'); the same on plain RSS ('flat_rss')",
     }
     common.write_json(f"{args.out}.json", payload)
     plot(runs, common.RESULTS / f"{args.out}.png")
