@@ -35,7 +35,7 @@ def steps(full: bool) -> list[tuple[str, list[str], float]]:
     """(name, argv, timeout seconds)."""
     py = sys.executable
     out: list[tuple[str, list[str], float]] = [
-        ("engine_vs_peers", [py, "bench/engine_vs_peers.py", "--target-s", "3" if full else "1.5"]
+        ("engine_vs_peers", [py, "bench/engine_vs_peers.py", "--target-s", "3" if full else "1.0"]
          + ([] if full else ["--rounds", "1", "--min-texts", "16", "--min-pairs", "32"]), 1200),
         ("efficiency", [py, "bench/efficiency.py", "--target-s", "4" if full else "2.5"], 400),
         ("cpu_fastpath", [py, "bench/cpu_fastpath.py", "--target-s", "3" if full else "1.5",
