@@ -10,8 +10,10 @@ It owns what makes inference fast and safe:
 - the text is truncated, never a label; label sets too long for the window are split and merged;
 - ``torch.inference_mode``, device and dtype choice (bf16/fp16 on GPU, fp32 on CPU), and an optional
   faster CPU backend (``backend="int8"``: dynamic int8 quantization of the encoder's linear layers);
-- out-of-memory back-off (halve the budget, retry) and per-row fault isolation: a failing batch is
-  split down to single rows, and a row that still fails gets ``status = "error: ..."``;
+- out-of-memory back-off: the token budget is halved and the remaining work re-planned under it; the
+  reduced budget is kept (across calls too) and doubles back after ``RECOVER_AFTER_BATCHES`` good batches;
+- per-row fault isolation: a batch failing otherwise is split down to single rows, and a row that still
+  fails gets ``status = "error: ..."``; a row whose scores are NaN/inf gets ``error: non-finite scores``;
 - a per-row status for bad input (null/empty/non-string text, no labels), never a dropped row.
 """
 
@@ -23,7 +25,7 @@ import os
 import time
 import unicodedata
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,16 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 
-from gliclass_dist.labels import LabelSpec, Mode, clean_row_labels, validate_fixed_labels  # noqa: E402
+from gliclass_dist.labels import (  # noqa: E402
+    LabelSpec,
+    Mode,
+    check_examples,
+    check_mode,
+    check_prompt,
+    check_threshold,
+    clean_row_labels,
+    validate_fixed_labels,
+)
 from gliclass_dist.model.inputs import EncodedRow, InputBuilder, LabelTooLongError, scrub_text  # noqa: E402
 from gliclass_dist.model.loading import load_model, load_tokenizer, resolve_model_ref  # noqa: E402
 from gliclass_dist.model.modeling import GLiClassModel  # noqa: E402
@@ -61,6 +72,10 @@ CPU_MIN_FILL_TOKENS = 2048
 # bench/NOTES.md (BBC articles, 5 labels: 1.56x the reference at 2,048 tokens vs 1.26x at 16,384).
 GPU_TOKEN_BUDGET = 16_384
 CPU_TOKEN_BUDGET = 2_048
+# Out-of-memory back-off: the budget is halved (not below MIN_TOKEN_BUDGET) and the remaining batches are
+# re-planned under it; after RECOVER_AFTER_BATCHES successful forward passes it doubles, up to token_budget.
+MIN_TOKEN_BUDGET = 64
+RECOVER_AFTER_BATCHES = 16
 
 
 def default_token_budget(device: torch.device) -> int:
@@ -133,7 +148,15 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 class Classifier:
-    """GLiClass inference over batches of texts and label sets."""
+    """GLiClass inference over batches of texts and label sets.
+
+    ``fault_hook`` (tests and drills, None by default): a callable run before every forward pass with the
+    batch's padded token count (rows x longest row); whatever it raises is handled exactly like an error
+    of the forward pass itself (e.g. ``torch.OutOfMemoryError`` drives the out-of-memory back-off).
+    ``active_budget`` is the token budget in use: ``token_budget``, or less after an out-of-memory error.
+    """
+
+    fault_hook: Callable[[int], None] | None = None
 
     def __init__(
         self,
@@ -162,6 +185,8 @@ class Classifier:
         self.builder = builder
         self.model_name = model_name
         self.token_budget = int(token_budget or default_token_budget(self.device))
+        self._backoff_budget: int | None = None  # set by an out-of-memory error, cleared once recovered
+        self._good_batches = 0  # successful forward passes since the budget last changed
         self.stats: dict[str, int] = {
             "rows": 0,
             "forward_passes": 0,
@@ -214,6 +239,13 @@ class Classifier:
         return clf
 
     # -- scoring -------------------------------------------------------------------------------
+    @property
+    def active_budget(self) -> int:
+        """Padded tokens per forward pass now: ``token_budget``, or less while backing off from an OOM."""
+        if self._backoff_budget is None:
+            return self.token_budget
+        return min(self._backoff_budget, self.token_budget)
+
     def _forward(self, units: list[list[int]]) -> list[np.ndarray]:
         longest = max(len(u) for u in units)
         ids = torch.full((len(units), longest), self.builder.pad_id, dtype=torch.long)
@@ -221,6 +253,8 @@ class Classifier:
         for i, u in enumerate(units):
             ids[i, : len(u)] = torch.tensor(u, dtype=torch.long)
             mask[i, : len(u)] = 1
+        if self.fault_hook is not None:
+            self.fault_hook(ids.numel())
         with torch.inference_mode():
             out = self.model(ids.to(self.device), mask.to(self.device))
         logits = out.logits.float().cpu().numpy()
@@ -240,31 +274,50 @@ class Classifier:
     def _score_units(self, units: list[list[int]]) -> list[np.ndarray | Exception]:
         """Logits per unit; a unit that cannot be scored gets its exception instead."""
         results: list[np.ndarray | Exception | None] = [None] * len(units)
-        budget = self.token_budget
-        pending = self._plan([len(u) for u in units], budget)
+        lengths = [len(u) for u in units]
+
+        def replan(remaining: list[list[int]], budget: int) -> list[list[int]]:
+            todo = [i for batch in remaining for i in batch]
+            return [[todo[j] for j in batch] for batch in self._plan([lengths[i] for i in todo], budget)]
+
+        budget = self.active_budget
+        pending = self._plan(lengths, budget)
         while pending:
             batch = pending.pop()
             try:
                 for i, logits in zip(batch, self._forward([units[i] for i in batch])):
                     results[i] = logits
             except Exception as exc:  # noqa: BLE001 - isolate the failure to the rows that cause it
+                oom = _is_oom(exc)
+                if oom and self.device.type == "cuda":
+                    torch.cuda.empty_cache()
                 if len(batch) == 1:
-                    if _is_oom(exc) and self.device.type == "cuda":
-                        torch.cuda.empty_cache()
                     results[batch[0]] = exc
                     self.stats["row_errors"] += 1
                     logger.warning("row failed on its own: %s: %s", type(exc).__name__, exc)
                     continue
-                if _is_oom(exc):
+                padded = len(batch) * max(lengths[i] for i in batch)
+                smaller = max(min(budget, padded) // 2, MIN_TOKEN_BUDGET)
+                if oom and smaller < padded:
+                    # every later batch, in this call and the next ones, runs under the halved budget
+                    budget = self._backoff_budget = smaller
+                    self._good_batches = 0
                     self.stats["oom_backoffs"] += 1
-                    budget = max(budget // 2, 64)
-                    if self.device.type == "cuda":
-                        torch.cuda.empty_cache()
                     logger.warning("out of memory on %d rows; halving the token budget to %d", len(batch), budget)
-                else:
-                    logger.warning("batch of %d failed (%s: %s); retrying in halves", len(batch), type(exc).__name__, exc)
+                    pending = replan([*pending, batch], budget)
+                    continue
+                logger.warning("batch of %d failed (%s: %s); retrying in halves", len(batch), type(exc).__name__, exc)
                 half = len(batch) // 2
                 pending.extend([batch[half:], batch[:half]])
+                continue
+            if self._backoff_budget is not None:
+                self._good_batches += 1
+                if self._good_batches >= RECOVER_AFTER_BATCHES:  # recover slowly: double, up to token_budget
+                    self._good_batches = 0
+                    budget = min(budget * 2, self.token_budget)
+                    self._backoff_budget = None if budget >= self.token_budget else budget
+                    logger.info("token budget back up to %d after %d good batches", budget, RECOVER_AFTER_BATCHES)
+                    pending = replan(pending, budget)
         return results  # type: ignore[return-value]
 
     def score_encoded(self, rows: Sequence[EncodedRow]) -> list[np.ndarray | Exception]:
@@ -306,7 +359,18 @@ class Classifier:
         prompt: str | None = None,
         examples: Sequence[Mapping[str, Any]] | None = None,
     ) -> list[Prediction]:
-        """Classify ``texts`` against one label list for all, or one list per text."""
+        """Classify ``texts`` against one label list for all, or one list per text.
+
+        ``mode`` is ``"multi-label"`` or ``"single-label"``; ``threshold`` (or each value of a per-label
+        mapping) a number within [0, 1]; ``prompt`` and ``examples`` may not contain a marker string
+        (``<<LABEL>>``, ``<<SEP>>``, ``<<EXAMPLE>>``). Anything else raises ``ValueError`` naming it.
+        """
+        mode = check_mode(mode)
+        if isinstance(threshold, Mapping):
+            default_t = 0.5
+            per_label = {label: check_threshold(t, f"threshold[{label!r}]") for label, t in threshold.items()}
+        else:
+            default_t, per_label = check_threshold(threshold), {}
         if isinstance(texts, str):
             texts = [texts]
         if labels and all(isinstance(x, str) for x in labels):
@@ -316,10 +380,6 @@ class Classifier:
             if len(labels) != len(texts):
                 raise ValueError(f"got {len(texts)} texts but {len(labels)} label lists")
             row_labels = list(labels)
-        if isinstance(threshold, Mapping):
-            default_t, per_label = 0.5, dict(threshold)
-        else:
-            default_t, per_label = float(threshold), {}
         return self._classify_rows(list(texts), row_labels, mode, default_t, per_label, prompt, examples)
 
     def _classify_rows(
@@ -394,7 +454,10 @@ def prepare_rows(
 
     The row checks every front end shares: null/blank text, non-string text, malformed, empty or
     cleaned label lists, and labels too long for the window. Ray runs this in a separate CPU stage.
+    A prompt or an example holding a marker string raises ``ValueError`` (see ``check_prompt``).
     """
+    check_prompt(prompt)
+    check_examples(examples)
     statuses = [Status.OK] * len(texts)
     encoded: list[EncodedRow | None] = [None] * len(texts)
     todo: list[int] = []
@@ -435,8 +498,14 @@ def fill_prediction(
     per_label: Mapping[str, float],
     truncated: bool,
 ) -> None:
-    """Turn one row's merged logits into scores (sigmoid, or softmax for single-label), labels and top label."""
+    """Turn one row's merged logits into scores (sigmoid, or softmax for single-label), labels and top label.
+
+    Logits that are not all finite (NaN/inf, e.g. an fp16 overflow) give ``Status.NON_FINITE`` and no scores.
+    """
     logits = logits.astype(np.float64)
+    if not np.isfinite(logits).all():
+        pred.status = Status.NON_FINITE
+        return
     if mode == "single-label":
         shifted = np.exp(logits - logits.max())
         probs = shifted / shifted.sum()

@@ -14,15 +14,82 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gliclass_dist.safe_yaml import load_yaml
+
 Mode = Literal["multi-label", "single-label"]
+MODES: tuple[str, ...] = get_args(Mode)
 RESERVED = ("<<LABEL>>", "<<SEP>>", "<<EXAMPLE>>")  # model marker tokens; never allowed inside a label
+
+
+def check_mode(mode: Any, where: str = "mode") -> Mode:
+    """``mode`` itself if it is ``"multi-label"`` or ``"single-label"``; otherwise a ``ValueError`` naming it."""
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(f"{where} must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
+    return mode  # type: ignore[return-value]
+
+
+def check_threshold(value: Any, where: str = "threshold") -> float:
+    """A threshold as a float: a real number (not a bool or a string), finite, within [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{where} must be a number within [0, 1]; got {type(value).__name__} {value!r}")
+    number = float(value)
+    if not (math.isfinite(number) and 0.0 <= number <= 1.0):
+        raise ValueError(f"{where} must be a number within [0, 1]; got {value!r}")
+    return number
+
+
+def check_no_marker(text: str, where: str) -> str:
+    """``text`` unchanged, or a ``ValueError`` naming ``where`` and the marker string it contains.
+
+    A marker inside a prompt or a few-shot example would add or move label slots in the model input,
+    so every row would fail (or be scored against the wrong slots): it is refused before any work starts.
+    """
+    for marker in RESERVED:
+        if marker in text:
+            raise ValueError(f"{where} {text[:80]!r} contains the reserved marker {marker!r}; remove it")
+    return text
+
+
+def check_prompt(prompt: Any, where: str = "prompt") -> str | None:
+    """A prompt: None or a string without marker strings."""
+    if prompt is None:
+        return None
+    if not isinstance(prompt, str):
+        raise ValueError(f"{where} must be a string; got {type(prompt).__name__} {prompt!r}")
+    return check_no_marker(prompt, where)
+
+
+def check_examples(examples: Any, where: str = "examples") -> list[Mapping[str, Any]] | None:
+    """Few-shot examples: None, or a list of ``{"text": str, "labels": [str, ...]}`` without marker strings."""
+    if examples is None:
+        return None
+    if isinstance(examples, (str, Mapping)) or not isinstance(examples, Sequence):
+        raise ValueError(f"{where} must be a list of {{'text', 'labels'}} mappings; got {type(examples).__name__}")
+    for i, example in enumerate(examples):
+        if not isinstance(example, Mapping):
+            raise ValueError(f"{where}[{i}] must be a mapping with 'text' and 'labels'; got {example!r}")
+        text = example.get("text", "")
+        if not isinstance(text, str):
+            raise ValueError(f"{where}[{i}].text must be a string; got {type(text).__name__} {text!r}")
+        check_no_marker(text, f"{where}[{i}].text")
+        labels = example.get("labels", example.get("true_labels", []))
+        if isinstance(labels, str):
+            labels = [labels]
+        if not isinstance(labels, (list, tuple)):
+            raise ValueError(f"{where}[{i}].labels must be a list of strings; got {type(labels).__name__} {labels!r}")
+        for j, label in enumerate(labels):
+            if not isinstance(label, str):
+                raise ValueError(f"{where}[{i}].labels[{j}] must be a string; got {type(label).__name__} {label!r}")
+            check_no_marker(label, f"{where}[{i}].labels[{j}]")
+    return list(examples)
 
 
 def flatten_hierarchy(labels: Any, separator: str = ".", prefix: str = "") -> list[str]:
@@ -141,13 +208,27 @@ class LabelSpec(BaseModel):
             return None
         return validate_fixed_labels(flatten_hierarchy(value), "labels")
 
-    @field_validator("thresholds")
+    @field_validator("mode", mode="before")
     @classmethod
-    def _check_thresholds(cls, value: dict[str, float]) -> dict[str, float]:
-        for label, t in value.items():
-            if not 0.0 <= float(t) <= 1.0:
-                raise ValueError(f"thresholds[{label!r}] must be within [0, 1], got {t}")
+    def _check_mode(cls, value: Any) -> Any:
+        return check_mode(value)
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _check_threshold(cls, value: Any) -> Any:
+        return check_threshold(value)
+
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _check_thresholds(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {label: check_threshold(t, f"thresholds[{label!r}]") for label, t in value.items()}
         return value
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _check_prompt(cls, value: Any) -> Any:
+        return check_prompt(value)
 
     @model_validator(mode="after")
     def _one_source(self) -> LabelSpec:
@@ -160,8 +241,11 @@ class LabelSpec(BaseModel):
             loaded = load_named_label_set(self.file, self.name, self.version)
             object.__setattr__(self, "labels", loaded["labels"])
             object.__setattr__(self, "version", loaded["version"])
-            merged = {**loaded.get("thresholds", {}), **self.thresholds}
-            object.__setattr__(self, "thresholds", merged)
+            from_file = {
+                label: check_threshold(t, f"{self.file}:{self.name}.thresholds[{label!r}]")
+                for label, t in loaded.get("thresholds", {}).items()
+            }
+            object.__setattr__(self, "thresholds", {**from_file, **self.thresholds})
         if self.labels is not None and self.thresholds:
             unknown = sorted(set(self.thresholds) - set(self.labels))
             if unknown:
@@ -201,10 +285,14 @@ def load_named_label_set(path: str | Path, name: str, version: str | None = None
     path = Path(path)
     if not path.exists():
         raise ValueError(f"label set file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text())
+    data = load_yaml(path.read_text(), "label set files")  # YamlAliasError (a ValueError) on &anchors/*aliases
     sets = (data or {}).get("label_sets") if isinstance(data, Mapping) else None
     if not isinstance(sets, Mapping):
-        raise ValueError(f"{path}: expected a top-level 'label_sets' mapping")
+        found = f"top-level keys {sorted(map(str, data))}" if isinstance(data, Mapping) else type(data).__name__
+        raise ValueError(
+            f"{path}: expected a top-level 'label_sets' mapping, found {found}; the file should look like "
+            f"label_sets: {{{name}: {{version: '1', labels: [business, sport, tech]}}}}"
+        )
     if name not in sets:
         raise ValueError(f"{path}: no label set named {name!r} (have: {sorted(sets)})")
     entry = sets[name]

@@ -35,6 +35,7 @@ class Status:
     NO_LABELS = "no_labels"  # the row's label set is null or empty
     INVALID_LABELS = "invalid_labels"  # malformed label column value
     LABELS_CLEANED = "labels_cleaned"  # classified; empty/duplicate labels were dropped from the row's set
+    NON_FINITE = "error: non-finite scores"  # the model gave NaN/inf logits (e.g. fp16 overflow); no scores
 
     CLASSIFIED = frozenset({OK, TRUNCATED, LABELS_CLEANED})
 

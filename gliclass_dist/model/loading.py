@@ -128,8 +128,23 @@ def load_model(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> G
         raise CheckpointError(f"{path}: weights missing from the checkpoint: {result.missing_keys[:8]}")
     if unexpected:
         logger.warning("%s: ignoring %d unexpected weights, e.g. %s", path, len(unexpected), unexpected[:3])
+    check_finite_weights(model, path)
     model.eval()
     return model
+
+
+def check_finite_weights(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
+    """Refuse a model with a NaN or infinite value in any floating-point weight or buffer, naming the tensor.
+
+    Such a checkpoint would load and score every row NaN; better to fail before the first batch.
+    """
+    for key, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"{path}: weight {key} has {bad} non-finite value(s) (NaN or inf) of {tensor.numel()}; "
+                "the checkpoint is corrupt or was saved after training diverged"
+            )
 
 
 def load_tokenizer(path: str | os.PathLike[str], config: GLiClassConfig) -> PreTrainedTokenizerBase:
