@@ -21,6 +21,9 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from gliclass_dist.predicate import FilterError, Predicate, parse_filter, to_arrow
+from gliclass_dist.predicate import columns as filter_columns
+
 logger = logging.getLogger(__name__)
 
 # Schema metadata key on a source reader: the table version (Delta) or snapshot id (Iceberg) that was read.
@@ -468,59 +471,42 @@ def dedupe_files(files: Iterable[StagedFile]) -> list[StagedFile]:
 # ---------------------------------------------------------------------------------------------- filters
 
 
-def arrow_filter(predicate: str) -> pc.Expression:
-    """A pyarrow expression for a SQL-like predicate (``"lang = 'en' and id > 10"``).
-
-    Parsed by pyiceberg's predicate parser (comparisons, IN, IS [NOT] NULL, IS [NOT] NAN, LIKE 'x%',
-    AND, OR, NOT) so parquet/csv/jsonl inputs accept the same filter strings as Iceberg inputs.
-    """
-    from pyiceberg.expressions import parser
-
+def as_predicate(predicate: str | Predicate | None) -> Predicate | None:
+    """The tree of an ``input.filter`` string (``gliclass_dist.predicate``'s grammar); trees and None pass."""
+    if not isinstance(predicate, str):
+        return predicate
     try:
-        parsed = parser.parse(predicate)
-    except Exception as exc:  # pyparsing raises its own exception types
-        raise ValueError(f"cannot parse input.filter {predicate!r}: {exc}") from None
-    return _to_arrow(parsed)
+        return parse_filter(predicate)
+    except FilterError as exc:
+        raise ValueError(f"input.filter: {exc}") from None
 
 
-def _to_arrow(expr: Any) -> pc.Expression:
-    from pyiceberg import expressions as e
+def arrow_filter(predicate: str | Predicate) -> pc.Expression:
+    """A pyarrow expression for an ``input.filter`` string or tree (``gliclass_dist.predicate``'s grammar).
 
-    if isinstance(expr, e.AlwaysTrue):
-        return pc.scalar(True)
-    if isinstance(expr, e.AlwaysFalse):
-        return pc.scalar(False)
-    if isinstance(expr, e.Not):
-        return ~_to_arrow(expr.child)
-    if isinstance(expr, e.And):
-        return _to_arrow(expr.left) & _to_arrow(expr.right)
-    if isinstance(expr, e.Or):
-        return _to_arrow(expr.left) | _to_arrow(expr.right)
-    column = pc.field(expr.term.name)
-    if isinstance(expr, e.IsNull):
-        return column.is_null()
-    if isinstance(expr, e.NotNull):
-        return ~column.is_null()
-    if isinstance(expr, e.IsNaN):
-        return pc.is_nan(column)
-    if isinstance(expr, e.NotNaN):
-        return ~pc.is_nan(column)
-    if isinstance(expr, e.In | e.NotIn):
-        values = pa.array(sorted(lit.value for lit in expr.literals))
-        inside = column.isin(values)
-        return inside if isinstance(expr, e.In) else ~inside
-    value = expr.literal.value
-    comparisons = {
-        e.EqualTo: lambda: column == value,
-        e.NotEqualTo: lambda: column != value,
-        e.LessThan: lambda: column < value,
-        e.LessThanOrEqual: lambda: column <= value,
-        e.GreaterThan: lambda: column > value,
-        e.GreaterThanOrEqual: lambda: column >= value,
-        e.StartsWith: lambda: pc.starts_with(column, value),
-        e.NotStartsWith: lambda: ~pc.starts_with(column, value),
-    }
-    for kind, build in comparisons.items():
-        if isinstance(expr, kind):
-            return build()
-    raise ValueError(f"unsupported filter predicate: {expr!r}")
+    ``"lang in ('en', 'de') and id > 10"``: comparisons, [NOT] IN, IS [NOT] NULL, [NOT] LIKE, AND, OR, NOT,
+    with SQL null logic, so every input format and engine keeps the same rows for the same filter.
+    """
+    return to_arrow(as_predicate(predicate))
+
+
+def filter_reader(reader: pa.RecordBatchReader, predicate: Predicate, columns: Iterable[str] | None = None
+                  ) -> pa.RecordBatchReader:
+    """``reader``'s rows that satisfy ``predicate``, projected to ``columns`` (schema metadata kept)."""
+    expression = to_arrow(predicate)
+    names = list(columns) if columns else reader.schema.names
+    target = pa.schema([reader.schema.field(c) for c in names], metadata=reader.schema.metadata)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in reader:
+            yield batch.filter(expression).select(names)  # null => dropped, as in SQL
+
+    return pa.RecordBatchReader.from_batches(target, batches())
+
+
+def scan_columns(predicate: Predicate | None, columns: Iterable[str] | None) -> list[str] | None:
+    """The columns a scan must read to apply ``predicate`` and return ``columns`` (None: all)."""
+    if not columns:
+        return None
+    wanted = list(columns)
+    return wanted + [c for c in (filter_columns(predicate) if predicate else []) if c not in wanted]

@@ -2,24 +2,64 @@
 
 Load it from YAML (``JobSpec.from_yaml(path, overrides=["sink.table=...", ...])``) or build it in
 Python. Unknown keys and bad values are rejected with a message that names the key.
+
+Relative paths are made absolute once, on the driver, so that every worker reads and writes the same
+place whatever its working directory: ``input.path``, ``sink.path``, ``labels.file``, and ``model.ref``
+when it names an existing local folder (else it stays a hub id such as ``org/name``). In a spec file they
+are relative to the spec file's folder; in ``--set key=value`` overrides (typed in a shell) and in specs
+built in Python (``JobSpec(...)``, ``JobSpec.from_dict``) to the current directory. URIs (``s3://``,
+``file://``, ``abfss://``, ...) are left as they are.
+
+YAML anchors and aliases (``&a``/``*a``) are refused in spec files and overrides (``safe_yaml``).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gliclass_dist.labels import LabelSpec
+from gliclass_dist.predicate import FilterError, Predicate, parse_filter
+from gliclass_dist.safe_yaml import YamlAliasError, dump_yaml, load_yaml
 
 
 class SpecError(ValueError):
     """A job spec that cannot be used; the message names the offending key."""
+
+
+def absolute_path(value: str, base: str | Path | None = None) -> str:
+    """``value`` made absolute against ``base`` (default: the current directory); ``~`` expanded, URIs kept."""
+    if "://" in value:
+        return value
+    path = Path(value).expanduser()
+    return os.path.normpath(path if path.is_absolute() else Path(base or os.getcwd()) / path)
+
+
+def local_model_ref(ref: str, base: str | Path | None = None) -> str:
+    """``ref`` made absolute when it is a relative path to an existing folder under ``base``; else unchanged."""
+    if "://" in ref or Path(ref).expanduser().is_absolute():
+        return ref
+    candidate = Path(base or os.getcwd()) / ref
+    return os.path.normpath(candidate) if candidate.exists() else ref
+
+
+def resolve_relative_paths(data: dict[str, Any], base: str | Path) -> None:
+    """Make the local paths of raw spec ``data`` absolute against ``base`` (in place; see the module doc)."""
+    for section, key in (("input", "path"), ("sink", "path"), ("labels", "file")):
+        node = data.get(section)
+        if isinstance(node, dict) and isinstance(node.get(key), str):
+            node[key] = absolute_path(node[key], base)
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("ref"), str):
+        model["ref"] = local_model_ref(model["ref"], base)
 
 
 class _Strict(BaseModel):
@@ -36,9 +76,29 @@ class InputSpec(_Strict):
     id_column: str = "id"
     text_column: str = "text"
     passthrough: list[str] = Field(default_factory=list)
-    filter: str | None = None  # a SQL-like predicate passed to the reader where supported
+    filter: str | None = None  # a row filter in the restricted grammar of gliclass_dist.predicate
     incremental: bool = False  # Delta input: only versions added since the last committed run
     storage_options: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, value: str | None) -> str | None:
+        return None if value is None else absolute_path(value)
+
+    @field_validator("filter")
+    @classmethod
+    def _filter_grammar(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_filter(value)
+            except FilterError as exc:  # names the bad token and its position
+                raise ValueError(f"input.filter: {exc}") from None
+        return value
+
+    @property
+    def predicate(self) -> Predicate | None:
+        """``filter`` as a typed tree (``gliclass_dist.predicate``), compiled per engine; None without one."""
+        return None if self.filter is None else parse_filter(self.filter)
 
     @model_validator(mode="after")
     def _where(self) -> InputSpec:
@@ -62,6 +122,11 @@ class ModelSpec(_Strict):
     max_length: int | None = Field(None, gt=8)
     allow_pickle: bool = False
 
+    @field_validator("ref")
+    @classmethod
+    def _local_ref(cls, value: str) -> str:
+        return local_model_ref(value)
+
 
 class SinkSpec(_Strict):
     """Where results land."""
@@ -74,6 +139,11 @@ class SinkSpec(_Strict):
     partition_by: list[str] = Field(default_factory=list)
     target_file_rows: int = Field(1_000_000, gt=0)
     storage_options: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, value: str | None) -> str | None:
+        return None if value is None else absolute_path(value)
 
     @model_validator(mode="after")
     def _where(self) -> SinkSpec:
@@ -113,6 +183,31 @@ class JobSpec(_Strict):
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
     idempotency_key: str | None = None  # default: derived from the spec (same spec => same key)
 
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _absolute_label_file(cls, value: Any) -> Any:
+        if isinstance(value, dict) and isinstance(value.get("file"), str):
+            return {**value, "file": absolute_path(value["file"])}
+        if isinstance(value, LabelSpec) and value.file is not None:
+            return value.model_copy(update={"file": absolute_path(value.file)})
+        return value
+
+    @model_validator(mode="after")
+    def _partition_columns(self) -> JobSpec:
+        if self.sink.partition_by:
+            import pyarrow as pa
+
+            from gliclass_dist.schema import RESULT_FIELDS
+
+            valid = self.keep_columns + [f.name for f in RESULT_FIELDS if not pa.types.is_nested(f.type)]
+            for name in self.sink.partition_by:
+                if name not in valid:
+                    raise ValueError(
+                        f"sink.partition_by: column {name!r} is not an output column one can partition by "
+                        f"(valid: {valid})"
+                    )
+        return self
+
     @property
     def keep_columns(self) -> list[str]:
         """Input columns carried into the output: the id, then passthrough columns."""
@@ -131,7 +226,7 @@ class JobSpec(_Strict):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], overrides: Sequence[str] = ()) -> JobSpec:
-        data = json.loads(json.dumps(data))  # deep copy of plain data
+        data = copy.deepcopy(data)  # (no JSON round trip: it would expand shared references)
         for item in overrides:
             apply_override(data, item)
         try:
@@ -144,14 +239,17 @@ class JobSpec(_Strict):
         path = Path(path)
         if not path.exists():
             raise SpecError(f"job spec {str(path)!r} does not exist")
-        data = yaml.safe_load(path.read_text())
+        try:
+            data = load_yaml(path.read_text(), "job specs")
+        except (YamlAliasError, yaml.YAMLError) as exc:
+            raise SpecError(f"{path}: {exc}") from None
         if not isinstance(data, dict):
             raise SpecError(f"{path}: a job spec is a mapping at the top level")
-        # A relative path in a spec is relative to the spec file.
+        resolve_relative_paths(data, path.resolve().parent)  # overrides: relative to the current directory
         return cls.from_dict(data, overrides)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+        return dump_yaml(self.model_dump(mode="json", exclude_none=True))
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:
@@ -165,7 +263,10 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise SpecError(f"override {item!r}: {part!r} is not a mapping")
-    node[parts[-1]] = yaml.safe_load(raw)
+    try:
+        node[parts[-1]] = load_yaml(raw, "job specs")
+    except (YamlAliasError, yaml.YAMLError) as exc:
+        raise SpecError(f"override {item!r}: {exc}") from None
 
 
 def format_validation_error(exc: ValidationError) -> str:

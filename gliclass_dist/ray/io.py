@@ -26,6 +26,7 @@ from ray.data.block import BlockAccessor, BlockMetadata
 
 from gliclass_dist import connectors
 from gliclass_dist.connectors import CommitResult, StagedFile
+from gliclass_dist.predicate import Predicate
 from gliclass_dist.spec import InputSpec, SinkSpec
 
 logger = logging.getLogger(__name__)
@@ -56,19 +57,21 @@ def read_input(
     """The job input as a Ray ``Dataset``, before ``apply_filter`` (its schema is known without reading rows).
 
     For Delta, ``until_version`` pins the table version read (default: the latest) and ``since_version``
-    keeps only rows added after it (incremental runs). ``columns`` projects the input; with a filter on a
-    file or Delta input the projection waits for ``apply_filter`` (the filter may use other columns).
+    keeps only rows added after it (incremental runs). ``columns`` projects the input; with a filter the
+    projection waits for ``apply_filter`` (the filter may use other columns).
     """
     fmt = spec.format
-    cols = list(columns) if columns and (fmt == "iceberg" or not spec.filter) else None
+    cols = list(columns) if columns and not spec.filter else None
     if fmt == "iceberg":
         from pyiceberg.expressions import AlwaysTrue
-        from pyiceberg.expressions.parser import parse
 
+        from gliclass_dist.predicate import to_iceberg
+
+        tree = spec.predicate
         return ray.data.read_iceberg(
             table_identifier=spec.table,
             catalog_kwargs=dict(spec.catalog),
-            row_filter=parse(spec.filter) if spec.filter else AlwaysTrue(),  # Ray passes a string on unparsed
+            row_filter=to_iceberg(tree) if tree else AlwaysTrue(),  # push-down; apply_filter is exact
             selected_fields=tuple(cols) if cols else ("*",),
         )
     if fmt == "delta":
@@ -93,21 +96,30 @@ def read_input(
 
 
 def apply_filter(ds: Any, spec: InputSpec, columns: Sequence[str] | None = None) -> Any:
-    """``ds`` from ``read_input`` with ``spec.filter`` applied (fused into the read tasks) and projected."""
-    if not spec.filter or spec.format == "iceberg":  # Iceberg filters (and projects) in its scan
-        return ds
-    from gliclass_dist.connectors.base import arrow_filter
+    """``ds`` from ``read_input`` with ``spec.filter`` applied (fused into the read tasks) and projected.
 
-    arrow_filter(spec.filter)  # a bad filter fails here, on the driver
-    ds = ds.map_batches(filter_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"predicate": spec.filter})
+    The filter travels to the tasks as the tree ``JobSpec`` validation parsed (``gliclass_dist.predicate``);
+    a filter naming a missing column, or comparing mismatched types, fails here, on the driver.
+    """
+    from gliclass_dist.predicate import FilterError, check_schema
+
+    tree = spec.predicate
+    if tree is None:
+        return ds
+    schema = ds.schema(fetch_if_missing=True)
+    try:
+        check_schema(tree, getattr(schema, "base_schema", schema))
+    except FilterError as exc:
+        raise ValueError(f"input.filter {spec.filter!r}: {exc}") from None
+    ds = ds.map_batches(filter_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"predicate": tree})
     return ds.select_columns(list(columns)) if columns else ds
 
 
-def filter_batch(batch: pa.Table, *, predicate: str) -> pa.Table:
-    """Rows of ``batch`` that satisfy the SQL-like ``predicate`` (the connectors' filter syntax)."""
-    from gliclass_dist.connectors.base import arrow_filter
+def filter_batch(batch: pa.Table, *, predicate: Predicate) -> pa.Table:
+    """Rows of ``batch`` for which ``predicate`` is true (SQL logic: unknown drops the row)."""
+    from gliclass_dist.predicate import to_arrow
 
-    return batch.filter(arrow_filter(predicate))
+    return batch.filter(to_arrow(predicate))
 
 
 class DeltaChangesDatasource(Datasource):

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from gliclass_dist import connectors
+from gliclass_dist.predicate import to_spark
 from gliclass_dist.spark.job import get_session, input_columns, jvm_class_available, write_classified
 from gliclass_dist.spark.resources import profile_for_resources
 from gliclass_dist.spark.udf import ClassifyConfig, ModelOptions, check_columns, ship_model
@@ -115,7 +116,7 @@ def read_stream(spark: SparkSession, spec: JobSpec, source: StreamSource) -> Dat
             df = raw.select(*columns, parsed).select("*", "__value.*").drop("__value")
         else:
             df = raw.select(*columns, F.col("value").cast("string").alias(spec.input.text_column))
-        return df.where(spec.input.filter) if spec.input.filter else df
+        return df.where(to_spark(spec.input.predicate)) if spec.input.predicate else df
 
     fmt = FILE_FORMATS.get(spec.input.format)
     if fmt is None:
@@ -133,7 +134,7 @@ def read_stream(spark: SparkSession, spec: JobSpec, source: StreamSource) -> Dat
     if source.max_files_per_trigger:
         reader = reader.option("maxFilesPerTrigger", source.max_files_per_trigger)
     df = reader.load(spec.input.path)
-    return df.where(spec.input.filter) if spec.input.filter else df
+    return df.where(to_spark(spec.input.predicate)) if spec.input.predicate else df  # no SQL text
 
 
 def _batch_reader(spark_or_reader: Any, fmt: str) -> Any:

@@ -2,7 +2,8 @@
 
 The DAG never interprets the spec beyond the few fields it checks (input and sink location); the
 jobs (``jobs/ray_classify.py``, ``jobs/spark_classify.py``) validate the whole spec with
-``gliclass_dist.spec.JobSpec`` and reject a bad one before any work starts.
+``gliclass_dist.spec.JobSpec`` (``input.filter``'s restricted grammar included) and reject a bad one
+before any work starts. YAML anchors and aliases are refused here already, as ``JobSpec`` refuses them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,31 @@ class SpecProblem(ValueError):
     """The spec given to the DAG cannot be used."""
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` refusing anchors and aliases (a few hundred bytes of nested aliases expand to
+    gigabytes). The same rule as ``gliclass_dist.safe_yaml``, repeated here: this package does not import
+    gliclass_dist."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise SpecProblem(
+                f"anchors and aliases are not allowed in job specs (&/*{event.anchor} at line "
+                f"{event.start_mark.line + 1})"
+            )
+        return super().compose_node(parent, index)
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True  # the job's loader refuses aliases: write a shared object out twice
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` without anchors and aliases (``SpecProblem`` if there are any)."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_spec(spec: Mapping[str, Any] | None, spec_path: str | None) -> dict[str, Any]:
     """The spec as plain data: an inline mapping (a rendered DAG param) or a YAML file; exactly one."""
     if spec and spec_path:
@@ -45,7 +71,7 @@ def load_spec(spec: Mapping[str, Any] | None, spec_path: str | None) -> dict[str
     path = Path(spec_path)
     if not path.is_file():
         raise SpecProblem(f"job spec file {spec_path!r} does not exist on this Airflow worker")
-    data = yaml.safe_load(path.read_text())
+    data = load_yaml(path.read_text())
     if not isinstance(data, dict):
         raise SpecProblem(f"{spec_path}: a job spec is a mapping at the top level")
     return data
@@ -62,7 +88,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise SpecProblem(f"override {item!r}: {part!r} is not a mapping")
-    node[parts[-1]] = yaml.safe_load(raw)
+    node[parts[-1]] = load_yaml(raw)
 
 
 def render_spec(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -144,7 +170,7 @@ def write_run_folder(run_root: str | Path, run_id: str, spec: Mapping[str, Any])
     folder = Path(run_root) / safe_run
     folder.mkdir(parents=True, exist_ok=True)
     spec_file = folder / SPEC_FILE_NAME
-    spec_file.write_text(yaml.safe_dump(dict(spec), sort_keys=False))
+    spec_file.write_text(yaml.dump(dict(spec), Dumper=_NoAliasDumper, sort_keys=False))
     summary_file = folder / SUMMARY_FILE_NAME
     summary_file.unlink(missing_ok=True)  # a summary left by an earlier try must not pass for this one
     logger.info("job spec for run %s written to %s", run_id, spec_file)
