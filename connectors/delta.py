@@ -6,6 +6,10 @@ Guarantees of the sink:
   ``DeltaTable.transaction_version(app_id)`` reads it back. A run whose version is <= the recorded one
   commits nothing. Two concurrent runs with the same app id conflict in delta-rs (``CommitFailedError``):
   the loser re-reads the table and reports the key as already committed.
+- ``table_version`` in the result is the version of THIS run's commit, whatever other writers commit
+  before or after it: deltalake's commit calls return nothing, so it is the first version after the one
+  the commit was based on whose snapshot records the app transaction ``(app_id, version)``
+  (``commit_version``). It never reads "the latest version" (another writer may have committed since).
 - Data files are written first (parquet, ``target_file_rows`` rows each, uuid names) into the table folder,
   then one commit adds exactly the listed files. Files of a failed or retried writer are never referenced
   and are removed by ``vacuum`` (after the retention period, 7 days by default: keep it longer than a job).
@@ -32,6 +36,7 @@ from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, create_table_with_add_actions
 
+from gliclass_dist.predicate import Predicate
 from gliclass_dist.spec import InputSpec, SinkSpec
 
 from .base import (
@@ -41,6 +46,7 @@ from .base import (
     SinkData,
     StagedFile,
     arrow_filter,
+    as_predicate,
     as_reader,
     check_compatible,
     check_files_exist,
@@ -49,8 +55,10 @@ from .base import (
     conform,
     dedupe_files,
     delete_files,
+    filter_reader,
     plain_schema,
     resolve_fs,
+    scan_columns,
     skip_result,
     with_version,
     write_files,
@@ -86,15 +94,17 @@ def read(spec: InputSpec, since_version: int | None = None, columns: Sequence[st
             spec.path,
             since_version,
             storage_options=spec.storage_options,
-            predicate=spec.filter,
+            predicate=spec.predicate,
             columns=columns,
         )
         return reader
     table = open_table(spec.path, spec.storage_options)
     if table is None:
         raise FileNotFoundError(f"no Delta table at input.path {spec.path!r}")
-    raw = table.scan(columns=list(columns) if columns else None, predicate=spec.filter)
-    return with_version(pa.RecordBatchReader.from_stream(raw), table.version())
+    tree = spec.predicate  # applied in Arrow: delta-rs would parse a predicate string as SQL
+    raw = table.scan(columns=scan_columns(tree, columns))
+    reader = with_version(pa.RecordBatchReader.from_stream(raw), table.version())
+    return filter_reader(reader, tree, columns) if tree else reader
 
 
 def read_changes(
@@ -102,7 +112,7 @@ def read_changes(
     since_version: int | None,
     *,
     storage_options: dict[str, str] | None = None,
-    predicate: str | None = None,
+    predicate: str | Predicate | None = None,
     columns: Sequence[str] | None = None,
     until_version: int | None = None,
 ) -> tuple[pa.RecordBatchReader, int]:
@@ -111,14 +121,20 @@ def read_changes(
     ``since_version=None`` reads the whole table (as of ``until_version``). ``until_version`` defaults to the
     latest version, pinned when the call starts, so rows committed later are left for the next run (pass
     it to split a range over several readers). Deleted rows and update pre-images are not returned.
-    The reader has plain Arrow types and records the last version in its schema metadata.
+    The reader has plain Arrow types and records the last version in its schema metadata. ``predicate``
+    (``input.filter`` text or tree) is applied in Arrow, never handed to delta-rs as SQL text.
     """
+    tree = as_predicate(predicate)
+    if tree is not None:
+        reader, latest = read_changes(path, since_version, storage_options=storage_options,
+                                      columns=scan_columns(tree, columns), until_version=until_version)
+        return filter_reader(reader, tree, columns), latest
     table = open_table(path, storage_options, until_version)
     if table is None:
         raise FileNotFoundError(f"no Delta table at {path!r}")
     latest = table.version()
     if since_version is None:
-        raw = table.scan(columns=list(columns) if columns else None, predicate=predicate)
+        raw = table.scan(columns=list(columns) if columns else None)
         return with_version(pa.RecordBatchReader.from_stream(raw), latest), latest
     if since_version > latest:
         raise ValueError(
@@ -135,7 +151,6 @@ def read_changes(
             feed = table.load_cdf(
                 starting_version=version,
                 ending_version=latest,
-                predicate=predicate,
                 columns=[*target.names, "_change_type"],
             )
         except DeltaError as exc:
@@ -144,7 +159,7 @@ def read_changes(
             logger.info(
                 "delta %s: version %d has no change feed (%s); reading its added files", path, version, exc
             )
-            parts.append(_added_in_version(path, version, target, storage_options, predicate))
+            parts.append(_added_in_version(path, version, target, storage_options, None))
             version += 1
             continue
         parts.append(_new_rows(pa.RecordBatchReader.from_stream(feed), target))
@@ -266,8 +281,10 @@ def commit_files(
         )
         for f in files
     ]
+    based_on = -1  # the table version the commit starts from (-1: the commit creates the table)
     for attempt in (1, 2):
         table = open_table(sink.path, sink.storage_options)
+        based_on = -1 if table is None else table.version()
         done = None if table is None else table.transaction_version(app_id)
         if done is not None and done >= version:
             delete_files(files)
@@ -307,7 +324,7 @@ def commit_files(
             logger.warning(
                 "%s: commit of %s failed (%s); re-checking", where, commit_key(app_id, version), exc
             )
-    written = _committed_version(sink, app_id, version)
+    written = commit_version(sink.path, app_id, version, after=based_on, storage_options=sink.storage_options)
     result = CommitResult(
         committed=True,
         key=commit_key(app_id, version),
@@ -364,12 +381,22 @@ def optimize(sink: SinkSpec, *, vacuum_retention_hours: int | None = None) -> di
     return metrics
 
 
-def _committed_version(sink: SinkSpec, app_id: str, version: int) -> int | None:
-    """The table version whose commit carries our key (looked up in the recent history)."""
-    table = open_table(sink.path, sink.storage_options)
-    for entry in table.history(limit=50):
-        if entry.get(APP_ID_PROP) == app_id and entry.get(VERSION_PROP) == str(version):
-            return entry["version"]
+def commit_version(
+    path: str, app_id: str, version: int, *, after: int, storage_options: dict[str, str] | None = None
+) -> int | None:
+    """The table version whose commit carries the app transaction ``(app_id, version)``, or None.
+
+    ``after`` is a version known to precede that commit (the one it was based on; -1 if it created the
+    table). Only one commit can carry a given key (concurrent commits of the same key conflict), so the
+    first later version whose snapshot records it is that commit, whatever was committed around it.
+    """
+    latest = open_table(path, storage_options)
+    if latest is None:
+        return None
+    for candidate in range(after + 1, latest.version() + 1):
+        if open_table(path, storage_options, candidate).transaction_version(app_id) == version:
+            return candidate
+    logger.warning("delta %s: no commit after version %d carries %s", path, after, commit_key(app_id, version))
     return None
 
 

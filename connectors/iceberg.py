@@ -15,6 +15,8 @@ Guarantees of the sink:
 - pyiceberg's own commit retry (it re-applies a failed append onto the new table head) is turned off for
   these commits, on our in-memory copy of the table only: a blind re-apply would skip the key check. Our
   loop re-loads the table, re-checks the key and commits again (up to ``MAX_COMMIT_ATTEMPTS``).
+- ``table_version`` in the result is the id of the snapshot THIS commit made, taken from the metadata the
+  catalog returned for the commit (never the table's current snapshot, which another writer may have moved).
 - ``mode: overwrite`` deletes all rows and adds the new files in the same transaction (two snapshots,
   one atomic commit).
 - Why ``add_files`` and not ``Table.append``: the same primitive serves a single writer and many distributed
@@ -43,6 +45,7 @@ from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, TableA
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.table import Table, TableProperties
 
+from gliclass_dist.predicate import to_iceberg
 from gliclass_dist.spec import InputSpec, SinkSpec
 
 from .base import (
@@ -59,7 +62,9 @@ from .base import (
     conform,
     dedupe_files,
     delete_files,
+    filter_reader,
     plain_schema,
+    scan_columns,
     skip_result,
     with_version,
     write_files,
@@ -98,12 +103,15 @@ def read(spec: InputSpec, columns: Sequence[str] | None = None) -> pa.RecordBatc
     if table is None:
         raise FileNotFoundError(f"no Iceberg table {spec.table!r} in the input catalog")
     snapshot = table.current_snapshot()
+    tree = spec.predicate  # pushed down where Iceberg has an exact equivalent, then applied in Arrow
+    fields = scan_columns(tree, columns)
     scan = table.scan(
-        row_filter=spec.filter or AlwaysTrue(),
-        selected_fields=tuple(columns) if columns else ("*",),
+        row_filter=to_iceberg(tree) if tree else AlwaysTrue(),
+        selected_fields=tuple(fields) if fields else ("*",),
         snapshot_id=snapshot.snapshot_id if snapshot else None,
     )
-    return with_version(scan.to_arrow_batch_reader(), snapshot.snapshot_id if snapshot else None)
+    reader = with_version(scan.to_arrow_batch_reader(), snapshot.snapshot_id if snapshot else None)
+    return filter_reader(reader, tree, columns) if tree else reader
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -194,11 +202,12 @@ def commit_files(
             return skip_result(app_id, version, done, where)
         check_files_exist(files)
         try:
-            with _without_client_retries(table).transaction() as tx:
-                if sink.mode == "overwrite":
-                    tx.delete(AlwaysTrue(), snapshot_properties=properties)
-                tx.add_files([f.path for f in files], snapshot_properties=properties)
-                tx.set_properties({COMMIT_PROP_PREFIX + app_id: str(version)})
+            tx = _without_client_retries(table).transaction()
+            if sink.mode == "overwrite":
+                tx.delete(AlwaysTrue(), snapshot_properties=properties)
+            tx.add_files([f.path for f in files], snapshot_properties=properties)
+            tx.set_properties({COMMIT_PROP_PREFIX + app_id: str(version)})
+            committed = tx.commit_transaction()  # the table as THIS commit left it (the catalog's answer)
             break
         except CommitFailedException as exc:
             if attempt == MAX_COMMIT_ATTEMPTS:
@@ -207,7 +216,7 @@ def commit_files(
                 "%s: commit of %s conflicted (%s); re-checking", where, commit_key(app_id, version), exc
             )
             time.sleep(random.uniform(0.05, 0.2) * attempt)
-    snapshot = _snapshot_of(open_table(sink), app_id, version)
+    snapshot = _snapshot_of(committed, app_id, version)
     result = CommitResult(
         committed=True,
         key=commit_key(app_id, version),
@@ -286,14 +295,11 @@ def _without_client_retries(table: Table) -> Table:
     return local
 
 
-def _snapshot_of(table: Table, app_id: str, version: int) -> int | None:
-    """The id of the latest snapshot tagged with our key."""
-    for snapshot in reversed(table.snapshots()):
-        summary = snapshot.summary
-        if (
-            summary is not None
-            and summary.get(APP_ID_PROP) == app_id
-            and summary.get(VERSION_PROP) == str(version)
-        ):
-            return snapshot.snapshot_id
+def _snapshot_of(committed: Table, app_id: str, version: int) -> int | None:
+    """The id of the snapshot our commit made: the current one of the metadata it committed (None if that
+    snapshot is not tagged with our key, e.g. when the commit added no snapshot)."""
+    snapshot = committed.current_snapshot()
+    summary = snapshot.summary if snapshot is not None else None
+    if summary is not None and summary.get(APP_ID_PROP) == app_id and summary.get(VERSION_PROP) == str(version):
+        return snapshot.snapshot_id
     return None

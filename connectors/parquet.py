@@ -11,9 +11,20 @@ with the ``_COMMITTED`` marker, and that folder is renamed to its key-named plac
 or HDFS file system the rename is atomic, so a reader that lists ``path`` (pyarrow/Spark skip names that
 start with ``_`` or ``.``) sees all of a run or none of it, and a second commit of the same key fails on
 the existing folder and is reported as already committed. On object stores (S3, GCS) a rename is a copy,
-so there is no atomicity: use a Delta or Iceberg sink there. ``mode: overwrite`` commits the new folder,
-then empties the older committed folders (their markers stay, so their keys still count as committed);
-a reader listing the folder in between can see old and new rows together.
+so there is no atomicity: use a Delta or Iceberg sink there.
+
+``mode: overwrite`` replaces exactly the runs that were committed when the overwrite BEGAN, never a run
+that commits after that, whatever the timing (as on Delta, a concurrent append survives an overwrite):
+
+- An overwrite begins when its first ``stage`` call starts (``commit``: when ``commit`` starts). Each
+  staging call lists the committed folders at its start and keeps that list next to its files
+  (``_staging/files/<call>/_SEEN``); the commit replaces the folders every staging call saw (the
+  intersection, i.e. what the earliest call saw). An overwrite that staged no files began at its commit.
+- The list is recorded in the overwrite's own marker (``replaces``). After its folder is renamed into
+  place, the data of exactly those folders is deleted; their markers stay, so their keys still count as
+  committed. A run committed after the overwrite began is not in the list and keeps its rows.
+- A reader listing the folder between the overwrite's rename and that deletion can see old and new rows
+  together (a plain folder has no snapshot to switch atomically: use Delta or Iceberg for that).
 """
 
 from __future__ import annotations
@@ -59,6 +70,7 @@ from .base import (
 logger = logging.getLogger(__name__)
 
 MARKER = "_COMMITTED"
+SEEN = "_SEEN"  # in a staging call's folder: the committed folders it saw when it started (overwrites)
 STAGING = "_staging"
 FILE_FORMATS = {"parquet": "parquet", "csv": "csv", "jsonl": "json"}
 
@@ -119,12 +131,18 @@ def table_schema(sink: SinkSpec) -> pa.Schema | None:
     return None
 
 
+def _committed_names(sink: SinkSpec) -> set[str]:
+    """The names of the committed folders now (what an overwrite beginning now will replace)."""
+    return {folder.rstrip("/").rsplit("/", 1)[-1] for folder, _ in _commits(sink)}
+
+
 def _files_dir(sink: SinkSpec) -> str:
     return f"{resolve_fs(sink.path)[1].rstrip('/')}/{STAGING}/files"
 
 
 def stage(sink: SinkSpec, data: SinkData, schema: pa.Schema | None = None) -> list[StagedFile]:
     """Write ``data`` as parquet files under ``_staging/`` (invisible to readers); run this on the workers."""
+    seen = _committed_names(sink) if sink.mode == "overwrite" else None  # before any work: the begin
     reader = as_reader(data, schema)
     existing = table_schema(sink)
     if existing is not None:
@@ -135,7 +153,12 @@ def stage(sink: SinkSpec, data: SinkData, schema: pa.Schema | None = None) -> li
     base = f"{_files_dir(sink)}/{uuid.uuid4().hex}"  # one folder per stage call, removed at commit
     if "://" in sink.path:
         base = sink.path.split("://", 1)[0] + "://" + base
-    return write_files(reader, base, target_file_rows=sink.target_file_rows, partition_by=sink.partition_by)
+    files = write_files(reader, base, target_file_rows=sink.target_file_rows, partition_by=sink.partition_by)
+    if seen is not None and files:
+        filesystem, inner = resolve_fs(base)
+        with filesystem.open_output_stream(f"{inner}/{SEEN}") as stream:
+            stream.write(json.dumps(sorted(seen)).encode())
+    return files
 
 
 def commit_files(
@@ -147,7 +170,27 @@ def commit_files(
     schema: pa.Schema | None = None,
     extra_metadata: dict[str, Any] | None = None,
 ) -> CommitResult:
-    """Move exactly ``files`` into the key-named folder of ``(app_id, version)`` in one rename."""
+    """Move exactly ``files`` into the key-named folder of ``(app_id, version)`` in one rename.
+
+    With ``mode: overwrite``, the runs committed when the first staging call of ``files`` started are
+    replaced (see the module docstring).
+    """
+    return _commit_files(
+        sink, files, app_id=app_id, version=version, schema=schema, extra_metadata=extra_metadata
+    )
+
+
+def _commit_files(
+    sink: SinkSpec,
+    files: Sequence[StagedFile],
+    *,
+    app_id: str,
+    version: int,
+    schema: pa.Schema | None = None,
+    extra_metadata: dict[str, Any] | None = None,
+    seen: set[str] | None = None,
+) -> CommitResult:
+    """``commit_files``; ``seen``: the committed folders when the run began (else taken from the staging)."""
     check_key(app_id, version)
     files = dedupe_files(files)
     where = f"parquet {sink.path!r}"
@@ -163,8 +206,6 @@ def commit_files(
     filesystem, root = resolve_fs(sink.path)
     root = root.rstrip("/")
     files_dir = _files_dir(sink) + "/"
-    assembly = f"{root}/{STAGING}/commit-{uuid.uuid4().hex}"
-    filesystem.create_dir(assembly)
     relative, call_dirs = [], set()
     for f in files:
         inner = resolve_fs(f.path)[1]
@@ -172,6 +213,16 @@ def commit_files(
             raise ValueError(f"staged file {f.path!r} is not under the sink's staging folder {files_dir!r}")
         call_dir, rel = inner[len(files_dir) :].split("/", 1)
         call_dirs.add(files_dir + call_dir)
+    replaces = None
+    if sink.mode == "overwrite":
+        replaces = seen if seen is not None else _seen_when_staged(filesystem, sorted(call_dirs))
+        if replaces is None:  # nothing staged: the overwrite begins now
+            replaces = _committed_names(sink)
+    assembly = f"{root}/{STAGING}/commit-{uuid.uuid4().hex}"
+    filesystem.create_dir(assembly)
+    for f in files:
+        inner = resolve_fs(f.path)[1]
+        rel = inner[len(files_dir) :].split("/", 1)[1]
         if "/" in rel:
             filesystem.create_dir(f"{assembly}/{rel.rsplit('/', 1)[0]}")
         filesystem.move(inner, f"{assembly}/{rel}")
@@ -189,6 +240,8 @@ def commit_files(
         else None,
         "metadata": extra_metadata or {},
     }
+    if replaces is not None:
+        marker["replaces"] = sorted(replaces)
     with filesystem.open_output_stream(f"{assembly}/{MARKER}") as stream:
         stream.write(json.dumps(marker, default=str).encode())
     target = f"{root}/{folder_name(app_id, version)}"
@@ -201,8 +254,8 @@ def commit_files(
         raise
     for folder in call_dirs:  # now only empty partition folders are left in them
         filesystem.delete_dir(folder)
-    if sink.mode == "overwrite":
-        _empty_older_commits(filesystem, target, sink)
+    if replaces:
+        _empty_commits(filesystem, root, replaces - {folder_name(app_id, version)})
     result = CommitResult(
         committed=True, key=commit_key(app_id, version), rows=marker["rows"], files=len(files)
     )
@@ -212,11 +265,25 @@ def commit_files(
     return result
 
 
-def _empty_older_commits(filesystem: pafs.FileSystem, keep: str, sink: SinkSpec) -> None:
-    """Delete the data of every other committed folder, leaving its marker (its key stays committed)."""
-    for folder, _ in _commits(sink):
-        if folder == keep:
+def _seen_when_staged(filesystem: pafs.FileSystem, call_dirs: Sequence[str]) -> set[str] | None:
+    """The committed folders every staging call saw at its start (None when no call recorded any)."""
+    seen: set[str] | None = None
+    for call_dir in call_dirs:
+        path = f"{call_dir}/{SEEN}"
+        if filesystem.get_file_info(path).type != pafs.FileType.File:
             continue
+        with filesystem.open_input_stream(path) as stream:
+            names = set(json.loads(stream.read()))
+        seen = names if seen is None else seen & names
+    return seen
+
+
+def _empty_commits(filesystem: pafs.FileSystem, root: str, names: set[str]) -> None:
+    """Delete the data of the committed folders ``names``, leaving their markers (their keys stay committed)."""
+    for name in sorted(names):
+        folder = f"{root}/{name}"
+        if filesystem.get_file_info(f"{folder}/{MARKER}").type != pafs.FileType.File:
+            continue  # never touch a folder that is not a committed run
         for entry in filesystem.get_file_info(pafs.FileSelector(folder)):
             if entry.type == pafs.FileType.Directory:
                 filesystem.delete_dir(entry.path)
@@ -235,18 +302,20 @@ def commit(
 ) -> CommitResult:
     """Write ``data`` and commit it as the folder of ``(app_id, version)`` (see the module docstring)."""
     check_key(app_id, version)
+    seen = _committed_names(sink) if sink.mode == "overwrite" else None  # the run begins here
     done = last_committed(sink, app_id)
     if done is not None and done >= version:
         return skip_result(app_id, version, done, f"parquet {sink.path!r}")
     reader = as_reader(data, schema)
     files = stage(sink, reader)
-    return commit_files(
+    return _commit_files(
         sink,
         files,
         app_id=app_id,
         version=version,
         schema=plain_schema(reader.schema),
         extra_metadata=extra_metadata,
+        seen=seen,
     )
 
 

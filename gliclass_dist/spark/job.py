@@ -47,6 +47,7 @@ import pyarrow as pa
 
 from gliclass_dist import connectors
 from gliclass_dist.connectors import CommitResult, StagedFile
+from gliclass_dist.predicate import to_spark
 from gliclass_dist.spark.resources import profile_for_resources
 from gliclass_dist.spark.udf import (
     ClassifyConfig,
@@ -184,7 +185,7 @@ def read_input(
         df = spark.read.json(spec.path)
     else:  # the spec's Literal makes this unreachable
         raise ValueError(f"unsupported input.format {fmt!r}")
-    return df.where(spec.filter) if spec.filter else df
+    return df.where(to_spark(spec.predicate)) if spec.predicate else df  # a Column: no SQL text is parsed
 
 
 # ---------------------------------------------------------------------------------------------- staging
@@ -284,11 +285,15 @@ def write_delta_spark(
     version: int,
     profile: ResourceProfile | None = None,
 ) -> tuple[CommitResult, StagedParts]:
-    """Classify ``df`` and write it with Spark's own Delta writer, idempotently (``txnAppId``/``txnVersion``)."""
+    """Classify ``df`` and write it with Spark's own Delta writer, idempotently (``txnAppId``/``txnVersion``).
+
+    ``table_version`` is the version of this write's own commit (the one carrying its app transaction), not
+    the table's latest version (another writer may have committed since).
+    """
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from gliclass_dist.connectors.delta import open_table
+    from gliclass_dist.connectors.delta import commit_version, open_table
 
     app_id = spec.job_key
     out = classify_dataframe(
@@ -304,14 +309,20 @@ def write_delta_spark(
         )
         if spec.sink.partition_by:
             writer = writer.partitionBy(*spec.sink.partition_by)
+        before = open_table(spec.sink.path, spec.sink.storage_options)
+        based_on = -1 if before is None else before.version()  # our commit comes after this version
         writer.save(spec.sink.path)
     finally:
         out.unpersist()
-    table = open_table(spec.sink.path, spec.sink.storage_options)
-    parts = StagedParts(rows=sum(counts.values()), status_counts=dict(sorted(counts.items())))
-    result = CommitResult(
-        committed=True, key=connectors.commit_key(app_id, version), table_version=table.version(), rows=parts.rows
+    key = connectors.commit_key(app_id, version)
+    written = commit_version(
+        spec.sink.path, app_id, version, after=based_on, storage_options=spec.sink.storage_options
     )
+    parts = StagedParts(rows=sum(counts.values()), status_counts=dict(sorted(counts.items())))
+    if written is None:  # Delta skips a write whose txnVersion is not newer than the recorded one
+        reason = f"delta {spec.sink.path!r}: no commit after version {based_on} carries {key} (already committed)"
+        return CommitResult(committed=False, key=key, skipped_reason=reason), parts
+    result = CommitResult(committed=True, key=key, table_version=written, rows=parts.rows)
     return result, parts
 
 
