@@ -183,6 +183,92 @@ def engine_ceiling(model: Path, chars_list: list[int], threads: int, batch: int,
     return rows
 
 
+def _stalled_socket(port: int, declared: int) -> socket.socket:
+    """A connection that declares a body of ``declared`` bytes, sends one byte of it and stalls."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    head = f"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\n\r\n{{"
+    sock.sendall(head.encode())
+    return sock
+
+
+def _first_bytes(sock: socket.socket, timeout: float) -> tuple[str, float]:
+    """The status line the server sends (or 'closed' / 'no answer') and when, in seconds."""
+    import select
+
+    started = time.perf_counter()
+    ready, _, _ = select.select([sock], [], [], timeout)
+    if not ready:
+        return "no answer", round(time.perf_counter() - started, 2)
+    try:
+        data = sock.recv(4096)
+    except OSError:
+        data = b""
+    return (data.split(b"\r\n", 1)[0].decode(errors="replace") or "closed"), round(time.perf_counter() - started, 2)
+
+
+def attack_phase(base_url: str, app_args: dict[str, Any], snippets: list[str]) -> dict[str, Any]:
+    """The edge cases of issue #13 against the running app: stalled bodies, non-finite thresholds, a request
+    over max_request_cost, and a small request sent behind maximum-size ones."""
+    import threading
+
+    import httpx
+
+    port = int(base_url.rsplit(":", 1)[1])
+    out: dict[str, Any] = {"app_args": {k: v for k, v in app_args.items() if k != "model"}}
+    # 1. stalled bodies: as many as the replica takes at once; /healthz and a classify meanwhile
+    stalled = [_stalled_socket(port, 100_000) for _ in range(app_args["max_ongoing_requests"])]
+    started = time.perf_counter()
+    health = httpx.get(f"{base_url}/healthz", timeout=60)
+    health_s = time.perf_counter() - started
+    started = time.perf_counter()
+    small = httpx.post(f"{base_url}/v1/classify", json={"texts": snippets[:1], "labels": LABELS}, timeout=60)
+    classify_s = time.perf_counter() - started
+    answers = [_first_bytes(sock, app_args["body_timeout_s"] + 30) for sock in stalled]
+    for sock in stalled:
+        sock.close()
+    out["stalled_bodies"] = {
+        "connections": len(stalled),
+        "healthz": {"status": health.status_code, "seconds": round(health_s, 3)},
+        "classify": {"status": small.status_code, "seconds": round(classify_s, 3)},
+        "stalled_answers": {line: sum(1 for a, _ in answers if a == line) for line in {a for a, _ in answers}},
+        "stalled_answer_max_s": max(t for _, t in answers),
+    }
+    # 2. non-finite thresholds
+    statuses = {}
+    for value in ("NaN", "Infinity", "1e400", '{"sport": NaN}'):
+        body = f'{{"texts": ["a text"], "labels": {json.dumps(LABELS)}, "threshold": {value}}}'
+        r = httpx.post(f"{base_url}/v1/classify", content=body, headers={"Content-Type": "application/json"}, timeout=60)
+        statuses[value] = r.status_code
+    out["non_finite_thresholds"] = statuses
+    # 3. over the cost cap: every text with the most labels of the longest allowed length
+    per = app_args["max_texts_per_request"]
+    labels = [f"label {i} " + "word " * 37 for i in range(100)]  # ~195 characters, a token per word at least
+    r = httpx.post(f"{base_url}/v1/classify", json={"texts": snippets[:per], "labels": labels}, timeout=120)
+    out["over_cost"] = {"status": r.status_code, "detail": r.json().get("detail")}
+    # 4. a small request behind three maximum-size requests (within every limit)
+    big = {"texts": [snippets[i % len(snippets)] for i in range(per)], "labels": LABELS}
+    finished: list[tuple[str, float]] = []
+    lock = threading.Lock()
+    t0 = time.perf_counter()
+
+    def send(name: str, payload: dict[str, Any]) -> None:
+        status = httpx.post(f"{base_url}/v1/classify", json=payload, timeout=600).status_code
+        with lock:
+            finished.append((f"{name}:{status}", round(time.perf_counter() - t0, 3)))
+
+    threads = [threading.Thread(target=send, args=(f"large{i}", big)) for i in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)  # the large ones first (a benchmark, not a test: no ordering is asserted here)
+    small_thread = threading.Thread(target=send, args=("small", {"texts": snippets[:1], "labels": LABELS}))
+    small_thread.start()
+    for t in [*threads, small_thread]:
+        t.join()
+    out["small_behind_large"] = {"finished_in_order": finished}
+    logger.info("attacks: %s", json.dumps(out))
+    return out
+
+
 def server_main(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -277,6 +363,18 @@ def server_main(args: argparse.Namespace) -> int:
                         row["first_errors"] = out["errors"][:3]
                     results.append(row)
                     logger.info("%s", json.dumps(row))
+        attacks = None
+        if args.attacks:  # redeploy with request sizes that leave room for large requests
+            attack_args = {
+                **app_args,
+                "max_texts_per_request": 64,
+                "max_batch_size": max(64, args.max_batch_size),
+                "max_ongoing_requests": 32,
+                "max_pending_bodies": 8,
+                "body_timeout_s": args.body_timeout_s,
+            }
+            serve.run(build_app(attack_args), name="bench", route_prefix="/")
+            attacks = attack_phase(base_url, attack_args, bbc_snippets(max(args.chars)))
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -325,6 +423,8 @@ def server_main(args: argparse.Namespace) -> int:
         "engine_alone": ceiling,
         "results": results,
     }
+    if attacks is not None:
+        report["attacks"] = attacks
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -355,6 +455,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--num-gpus", type=float, default=0.0)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--attacks",
+        action="store_true",
+        help="after the load runs: stalled bodies, NaN thresholds, an over-cost request, small behind large",
+    )
+    p.add_argument("--body-timeout-s", type=float, default=10.0, help="body_timeout_s of the --attacks phase")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--name", default="serve_load", help="output file stem")
     # client mode (the second process)

@@ -13,7 +13,10 @@ time come from the deployment's ``user_config``, so ``serve deploy`` with new va
 on running replicas without a restart.
 
 Safety: every request is bounded (texts per request, characters per text and per label, labels per
-row, body bytes) and answered with a 413/422 that says which limit was hit. Requests can pick a
+row, body bytes, tokens the model reads) and answered with a 413/422 that says which limit was hit. A
+body must arrive within ``body_timeout_s`` (408) and at most ``max_pending_bodies`` requests may be
+receiving one at once (503 beyond), so stalled uploads cannot take every replica slot. Large requests
+run as micro-batches interleaved with other requests' rows (``max_call_cost``). Requests can pick a
 model only among ids allow-listed at deploy time (``models``); no request string is ever used as a
 path. An optional bearer token (from an environment variable or a file, compared in constant time)
 protects ``/v1/*``.
@@ -24,6 +27,7 @@ Start it with ``gliclass-dist serve --model DIR`` or
 
 import asyncio
 import hmac
+import json
 import logging
 import os
 import time
@@ -54,6 +58,9 @@ PER_ROW_LABEL_SET = "per-row"
 # more wait at serve.batch's own semaphore.
 MAX_CONCURRENT_BATCHES = 8
 BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+# While max_pending_bodies requests are receiving their bodies, a new request is read only if its body
+# arrives in full within this many seconds (a small JSON body does); otherwise it gets a 503 at once.
+BODY_GRACE_S = 1.0
 
 
 # -- deploy-time settings -------------------------------------------------------------------------
@@ -86,6 +93,27 @@ class ServeArgs(BaseModel):
     max_labels_per_row: int = Field(100, ge=1)
     max_chars_per_label: int = Field(200, ge=1)
     max_body_bytes: int = Field(2_000_000, ge=64)
+    max_request_cost: int = Field(
+        131_072,
+        ge=1,
+        description="tokens one request may make the model read (texts x label tokens, every label chunk "
+        "with its text); above it: 413",
+    )
+    max_call_cost: int = Field(
+        16_384,
+        ge=1,
+        description="tokens of one engine call (a micro-batch): large requests are split and interleaved "
+        "with other requests' rows, so a small request never waits behind whole large ones",
+    )
+    body_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="longest wait for a request body to arrive in full (then 408)"
+    )
+    max_pending_bodies: int = Field(
+        64,
+        ge=1,
+        description="requests of a replica that may be receiving their body at once; beyond it, a body that "
+        f"does not arrive within {BODY_GRACE_S:g} s is refused with 503 (keep < max_ongoing_requests)",
+    )
 
     # scaling and resources
     num_replicas: int = Field(1, ge=1)
@@ -126,7 +154,12 @@ class ServeArgs(BaseModel):
         if self.max_batch_size < self.max_texts_per_request:
             raise ValueError(
                 f"max_batch_size ({self.max_batch_size}) must be >= max_texts_per_request "
-                f"({self.max_texts_per_request}): one request's texts always go to the engine together"
+                f"({self.max_texts_per_request}): a request's texts always enter one Serve batch together"
+            )
+        if self.max_pending_bodies >= self.max_ongoing_requests:
+            raise ValueError(
+                f"max_pending_bodies ({self.max_pending_bodies}) must be < max_ongoing_requests "
+                f"({self.max_ongoing_requests}): slow bodies must leave room for other requests and /healthz"
             )
         if (self.min_replicas is None) != (self.max_replicas is None):
             raise ValueError("autoscaling needs both min_replicas and max_replicas")
@@ -149,13 +182,16 @@ class ServeArgs(BaseModel):
         return {"max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s}
 
     @property
-    def limits(self) -> dict[str, int]:
+    def limits(self) -> dict[str, int | float]:
         return {
             "max_texts_per_request": self.max_texts_per_request,
             "max_chars_per_text": self.max_chars_per_text,
             "max_labels_per_row": self.max_labels_per_row,
             "max_chars_per_label": self.max_chars_per_label,
             "max_body_bytes": self.max_body_bytes,
+            "max_request_cost": self.max_request_cost,
+            "body_timeout_s": self.body_timeout_s,
+            "max_pending_bodies": self.max_pending_bodies,
         }
 
 
@@ -169,6 +205,9 @@ class BatchingConfig(BaseModel):
 
 
 # -- request / response -----------------------------------------------------------------------------
+Threshold = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
 class ClassifyRequest(BaseModel):
     """Texts to classify and the labels to score them against."""
 
@@ -179,20 +218,29 @@ class ClassifyRequest(BaseModel):
         description="one label list for every text, or one list per text (same length as texts)"
     )
     mode: Literal["multi-label", "single-label"] = "multi-label"
-    threshold: float | dict[str, float] = Field(
-        0.5, description="decision threshold, or a mapping label -> threshold (others use 0.5)"
+    threshold: Threshold | dict[str, Threshold] = Field(
+        0.5, description="decision threshold, or a mapping label -> threshold (others use 0.5); finite, in [0, 1]"
     )
     prompt: str | None = Field(None, description="optional task description placed with the labels")
     model: str | None = Field(None, description="an allow-listed model id (default: the default model)")
 
-    @field_validator("threshold")
-    @classmethod
-    def _check_threshold(cls, value: float | dict[str, float]) -> float | dict[str, float]:
-        items = value.items() if isinstance(value, dict) else [("threshold", value)]
-        for name, t in items:
-            if not 0.0 <= float(t) <= 1.0:
-                raise ValueError(f"threshold for {name!r} must be within [0, 1], got {t}")
-        return value
+
+def json_safe_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Validation errors that encode as strict JSON: an echoed input that does not (NaN, Infinity, 1e400,
+    raw bytes of a body that is not JSON) is replaced by its repr (bytes: dropped), so the answer is a 422
+    that names the bad value rather than a 500 from the error encoder."""
+    for error in errors:
+        if "input" not in error:
+            continue
+        value = error["input"]
+        if isinstance(value, bytes | bytearray):  # the raw body of invalid JSON: not echoed
+            del error["input"]
+            continue
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            error["input"] = repr(value)[:200]
+    return errors
 
 
 class LabelScore(BaseModel):
@@ -221,7 +269,7 @@ class ClassifyResponse(BaseModel):
 # -- batching -------------------------------------------------------------------------------------
 @dataclass
 class _Job:
-    """One validated request waiting in the batch queue."""
+    """One validated request waiting in the batch queue; ``costs`` are its rows' token counts."""
 
     classifier: Any
     texts: list[str | None]
@@ -230,15 +278,30 @@ class _Job:
     mode: str
     threshold: float | dict[str, float]
     prompt: str | None
+    costs: list[int] = field(default_factory=list)
 
     def group_key(self) -> tuple[Any, ...]:
         threshold = tuple(sorted(self.threshold.items())) if isinstance(self.threshold, dict) else self.threshold
         return (id(self.classifier), self.mode, threshold, self.prompt)
 
+    def cost(self, row: int) -> int:
+        return self.costs[row] if self.costs else 0
+
 
 def count_texts(jobs: Sequence[_Job]) -> int:
     """Batch size measured in texts (``batch_size_fn`` of ``serve.batch``)."""
     return sum(len(job.texts) for job in jobs)
+
+
+def row_costs(classifier: Any, texts: Sequence[str | None], row_labels: Sequence[list[str]], prompt: str | None) -> list[int]:
+    """Tokens the model reads for each row (every label chunk with its text); 0 for rows it does not score.
+
+    The unit of ``max_request_cost`` and ``max_call_cost``: it grows with texts x label tokens.
+    """
+    from gliclass_dist.engine import prepare_rows
+
+    _, encoded = prepare_rows(classifier.builder, texts, row_labels, prompt)
+    return [sum(len(chunk) for chunk in row.chunks) if row is not None else 0 for row in encoded]
 
 
 @dataclass
@@ -281,87 +344,126 @@ class BatchStats:
         }
 
 
-def _run_group(jobs: Sequence[_Job]) -> list[list[dict[str, Any]]]:
-    """One engine call for jobs that share model, mode, threshold and prompt; results split per job."""
+def _run_group(slices: Sequence[tuple[_Job, int, int]]) -> list[list[dict[str, Any]]]:
+    """One engine call for row slices of jobs that share model, mode, threshold and prompt; results split
+    per slice."""
     from gliclass_dist.engine import predictions_to_arrow
 
-    first = jobs[0]
-    texts = [text for job in jobs for text in job.texts]
-    row_labels = [labels for job in jobs for labels in job.row_labels]
+    first = slices[0][0]
+    texts = [text for job, a, b in slices for text in job.texts[a:b]]
+    row_labels = [labels for job, a, b in slices for labels in job.row_labels[a:b]]
     preds = first.classifier.classify(
         texts, row_labels, mode=first.mode, threshold=first.threshold, prompt=first.prompt
     )
     out: list[list[dict[str, Any]]] = []
     start = 0
-    for job in jobs:
-        end = start + len(job.texts)
+    for job, a, b in slices:
+        end = start + b - a
         out.append(predictions_to_arrow(preds[start:end], first.classifier.model_name, job.label_set).to_pylist())
         start = end
     return out
 
 
+@dataclass(eq=False)
+class _Queued:
+    """A job in the engine queue: the rows taken so far and the results of those done."""
+
+    job: _Job
+    future: asyncio.Future
+    taken: int = 0
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+
 class EngineQueue:
-    """Runs engine calls one at a time; each call takes every job waiting (FIFO, up to ``max_texts``).
+    """Runs engine calls one at a time; each call is a micro-batch of rows taken round-robin from every
+    waiting job (at most ``max_texts`` rows and ``max_cost`` tokens, at least one row).
 
     ``serve.batch`` forms a batch from the requests that arrive within its wait window, even while
     the engine is still busy with the previous one. On a CPU, where an engine call takes far longer
     than the window, that leaves several small batches waiting. Here they merge: whichever batch
-    gets the engine next runs the jobs of all the batches that are waiting by then, so engine calls
-    grow with the load and add no delay when the server is idle.
+    gets the engine next runs rows of all the jobs that are waiting by then, so engine calls grow
+    with the load and add no delay when the server is idle. Taking rows round-robin keeps it fair: a
+    large request is split into several micro-batches, and a small request that arrives meanwhile
+    is in the next engine call instead of waiting behind whole large requests.
     """
 
     def __init__(self, stats: BatchStats, observe_call: Callable[[int], None] | None = None) -> None:
         self.stats = stats
         self.observe_call = observe_call
         self.max_texts = 64
-        self._pending: deque[tuple[_Job, asyncio.Future]] = deque()
+        self.max_cost = 16_384
+        self._pending: list[_Queued] = []
         self._lock: asyncio.Lock | None = None
 
     async def run(self, jobs: Sequence[_Job]) -> list[list[dict[str, Any]] | Exception]:
         loop = asyncio.get_running_loop()
         if self._lock is None:
             self._lock = asyncio.Lock()
-        futures = [loop.create_future() for _ in jobs]
-        self._pending.extend(zip(jobs, futures))
-        while not all(f.done() for f in futures):
+        queued = [_Queued(job, loop.create_future()) for job in jobs]
+        self._pending.extend(queued)
+        while not all(q.future.done() for q in queued):
             async with self._lock:
-                if all(f.done() for f in futures):
+                if all(q.future.done() for q in queued):
                     break
                 await self._execute(self._take())
-        return [f.result() for f in futures]
+        return [q.future.result() for q in queued]
 
-    def _take(self) -> list[tuple[_Job, asyncio.Future]]:
-        taken = [self._pending.popleft()]
-        texts = len(taken[0][0].texts)
-        while self._pending and texts + len(self._pending[0][0].texts) <= self.max_texts:
-            item = self._pending.popleft()
-            texts += len(item[0].texts)
-            taken.append(item)
-        return taken
+    def _take(self) -> list[tuple[_Queued, int, int]]:
+        """The next micro-batch: one row from each waiting job in turn (oldest first) until it is full."""
+        start = {id(q): q.taken for q in self._pending}
+        rows = cost = 0
+        full = False
+        while not full:
+            progress = False
+            for q in self._pending:
+                if q.taken >= len(q.job.texts):
+                    continue
+                row_cost = q.job.cost(q.taken)
+                if rows and (rows >= self.max_texts or cost + row_cost > self.max_cost):
+                    full = True
+                    break
+                q.taken += 1
+                rows += 1
+                cost += row_cost
+                progress = True
+            full = full or not progress
+        return [(q, start[id(q)], q.taken) for q in self._pending if q.taken > start[id(q)]]
 
-    async def _execute(self, taken: list[tuple[_Job, asyncio.Future]]) -> None:
-        """Run the taken jobs, one engine call per group; every taken future is resolved, even on cancel."""
-        groups: dict[tuple[Any, ...], list[tuple[_Job, asyncio.Future]]] = {}
+    def _finish(self, q: _Queued, output: list[dict[str, Any]] | Exception) -> None:
+        if not q.future.done():
+            q.future.set_result(output)
+        if q in self._pending:
+            self._pending.remove(q)
+
+    async def _execute(self, taken: list[tuple[_Queued, int, int]]) -> None:
+        """Run the taken rows, one engine call per group; every taken job ends resolved or still queued
+        with its remaining rows, even on cancel."""
+        groups: dict[tuple[Any, ...], list[tuple[_Queued, int, int]]] = {}
         for item in taken:
-            groups.setdefault(item[0].group_key(), []).append(item)
+            groups.setdefault(item[0].job.group_key(), []).append(item)
         try:
             for members in groups.values():
-                jobs = [job for job, _ in members]
-                self.stats.record_engine_call(len(jobs), count_texts(jobs))
+                slices = [(q.job, a, b) for q, a, b in members]
+                texts = sum(b - a for _, a, b in slices)
+                self.stats.record_engine_call(len(slices), texts)
                 if self.observe_call is not None:
-                    self.observe_call(count_texts(jobs))
+                    self.observe_call(texts)
                 try:
-                    outputs: Sequence[Any] = await asyncio.to_thread(_run_group, jobs)
+                    outputs: Sequence[Any] = await asyncio.to_thread(_run_group, slices)
                 except Exception as exc:  # noqa: BLE001 - fail only the requests of this call
-                    logger.exception("engine call for %d requests failed", len(jobs))
-                    outputs = [exc] * len(jobs)
-                for (_, future), output in zip(members, outputs):
-                    if not future.done():
-                        future.set_result(output)
-        finally:  # cancelled mid-way: the other requests taken here must not wait forever
-            for _, future in taken:
-                if not future.done():
-                    future.set_result(RuntimeError("the engine call was cancelled"))
+                    logger.exception("engine call for %d requests failed", len(slices))
+                    outputs = [exc] * len(slices)
+                for (q, _, b), output in zip(members, outputs):
+                    if isinstance(output, Exception):
+                        self._finish(q, output)
+                        continue
+                    q.results.extend(output)
+                    if b == len(q.job.texts):
+                        self._finish(q, q.results)
+        finally:  # cancelled mid-way: the requests taken here must not wait forever
+            for q, _, b in taken:
+                if not q.future.done() and len(q.results) < b:
+                    self._finish(q, RuntimeError("the engine call was cancelled"))
 
 
 # -- auth ---------------------------------------------------------------------------------------------
@@ -418,6 +520,8 @@ class GLiClassDeployment:
         self.started = time.time()
         self._init_metrics()
         self.engine = EngineQueue(self.stats, self.metric_batch_texts.observe)
+        self.engine.max_cost = self.settings.max_call_cost
+        self.body_slots = asyncio.Semaphore(self.settings.max_pending_bodies)
         self.apply_batching(BatchingConfig(**self.settings.batching))
         logger.info(
             "replica ready: model=%s auth=%s torch_threads=%d", self.default.model_name, bool(self.token), threads
@@ -516,16 +620,38 @@ class GLiClassDeployment:
 
     # -- request checks -----------------------------------------------------------------------
     async def _read_body(self, request: Request) -> bytes:
+        """The request body, bounded in size (413), in time (408 after ``body_timeout_s``) and in how many
+        requests may be receiving a body at once (``max_pending_bodies``; beyond it 503, unless the body
+        arrives in full within ``BODY_GRACE_S``). A client that declares a body and stalls therefore holds
+        a replica slot for a bounded time, and never all of them: ``/healthz`` and other requests still run."""
         limit = self.settings.max_body_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise HTTPException(413, f"request body is {declared} bytes; the limit is {limit}")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
-        return bytes(body)
+
+        async def read() -> bytes:
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
+            return bytes(body)
+
+        timeout = self.settings.body_timeout_s
+        if self.body_slots.locked():  # at the cap: only a body that is already on its way in full
+            try:
+                return await asyncio.wait_for(read(), min(BODY_GRACE_S, timeout))
+            except TimeoutError:
+                raise HTTPException(
+                    503,
+                    f"{self.settings.max_pending_bodies} requests are already sending their bodies; retry later",
+                    headers={"Retry-After": "1"},
+                ) from None
+        async with self.body_slots:
+            try:
+                return await asyncio.wait_for(read(), timeout)
+            except TimeoutError:
+                raise HTTPException(408, f"the request body did not arrive within {timeout:g} s") from None
 
     def _check_limits(self, req: ClassifyRequest) -> tuple[list[list[str]], str]:
         """Enforce the limits; returns each text's labels and the label set id."""
@@ -589,8 +715,11 @@ class GLiClassDeployment:
         responses={
             401: {"description": "missing or wrong bearer token"},
             404: {"description": "unknown model id"},
-            413: {"description": "request body too large"},
-            422: {"description": "malformed request or a limit exceeded"},
+            408: {"description": "the request body did not arrive within body_timeout_s"},
+            413: {"description": "request body too large, or the request's cost over max_request_cost"},
+            422: {"description": "malformed request (e.g. a threshold that is NaN, infinite or outside [0, 1]) "
+                  "or a limit exceeded"},
+            503: {"description": "too many requests are sending their bodies (max_pending_bodies)"},
         },
     )
     async def classify(self, request: Request, credentials: Credentials) -> dict[str, Any]:
@@ -600,13 +729,17 @@ class GLiClassDeployment:
         try:
             req = ClassifyRequest.model_validate_json(body)
         except ValidationError as exc:
-            errors = exc.errors(include_url=False)
-            for error in errors:  # invalid JSON echoes the raw body as bytes: not JSON-encodable (non-UTF-8 => 500)
-                if isinstance(error.get("input"), bytes):
-                    del error["input"]
-            raise RequestValidationError(errors) from None
+            raise RequestValidationError(json_safe_errors(exc.errors(include_url=False))) from None
         row_labels, label_set = self._check_limits(req)
         model_id, classifier = await self._classifier_for(req.model)
+        costs = await asyncio.to_thread(row_costs, classifier, req.texts, row_labels, req.prompt)
+        cost, cap = sum(costs), self.settings.max_request_cost
+        if cost > cap:
+            raise HTTPException(
+                413,
+                f"request cost is {cost} tokens (texts x label tokens the model would read); the limit is "
+                f"{cap} (max_request_cost): send fewer texts or fewer/shorter labels per request",
+            )
         job = _Job(
             classifier=classifier,
             texts=list(req.texts),
@@ -615,6 +748,7 @@ class GLiClassDeployment:
             mode=req.mode,
             threshold=req.threshold,
             prompt=req.prompt,
+            costs=costs,
         )
         output = await self._classify_batch(job)
         if isinstance(output, Exception):

@@ -35,7 +35,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 exposes it)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
-    p.add_argument("--address", default=None, help="Ray cluster address to join (default: start a local Ray)")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address to join ('auto': the cluster `ray start` began on this machine); default: "
+        "$RAY_ADDRESS if set, else start a local Ray that lives as long as this command",
+    )
+    p.add_argument("--app-name", default=APP_NAME, help=f"Serve application name (default {APP_NAME})")
+    p.add_argument("--route-prefix", default="/", help="route prefix of the application (default /)")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace a running application of the same name that this command did not start (default: refuse)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     p.add_argument("--max-length", type=int, default=None, help="model window in tokens (default: the model's)")
@@ -53,6 +65,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     limits.add_argument("--max-labels-per-row", type=int, default=100)
     limits.add_argument("--max-chars-per-label", type=int, default=200)
     limits.add_argument("--max-body-bytes", type=int, default=2_000_000)
+    limits.add_argument(
+        "--max-request-cost",
+        type=int,
+        default=131_072,
+        help="tokens one request may make the model read (texts x label tokens); above it: 413",
+    )
+    limits.add_argument(
+        "--max-call-cost",
+        type=int,
+        default=16_384,
+        help="tokens per engine call: large requests run as micro-batches interleaved with other requests",
+    )
+    limits.add_argument(
+        "--body-timeout-s", type=float, default=10.0, help="longest wait for a request body (then 408)"
+    )
+    limits.add_argument(
+        "--max-pending-bodies",
+        type=int,
+        default=64,
+        help="requests per replica receiving their body at once; beyond it 503 (keep < --max-ongoing-requests)",
+    )
 
     scaling = p.add_argument_group("replicas and resources")
     scaling.add_argument("--replicas", type=int, default=1, help="fixed number of replicas")
@@ -99,6 +132,10 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "max_labels_per_row": args.max_labels_per_row,
         "max_chars_per_label": args.max_chars_per_label,
         "max_body_bytes": args.max_body_bytes,
+        "max_request_cost": args.max_request_cost,
+        "max_call_cost": args.max_call_cost,
+        "body_timeout_s": args.body_timeout_s,
+        "max_pending_bodies": args.max_pending_bodies,
         "num_replicas": args.replicas,
         "min_replicas": args.min_replicas,
         "max_replicas": args.max_replicas,
@@ -114,7 +151,33 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
+def running_serve_http() -> tuple[str, int] | None:
+    """Host and port of the HTTP proxies of the Serve instance already running on the connected cluster,
+    or None when Serve is not running there.
+
+    Serve's HTTP options are fixed when Serve starts; ``serve.start`` on a running instance ignores new
+    ones with only a log line. Ray has no public call that returns them, so this reads the Serve
+    controller's details (the data ``serve status`` and the dashboard show)."""
+    from ray.serve import context
+    from ray.serve.schema import ServeInstanceDetails
+
+    client = context._get_global_client(raise_if_no_controller_running=False)  # noqa: SLF001 - see docstring
+    if client is None:
+        return None
+    http = ServeInstanceDetails(**client.get_serve_details()).http_options
+    if http is None:
+        return None
+    return str(http.host), int(http.port)
+
+
 def run(args: argparse.Namespace) -> int:
+    """Deploy the application and serve until SIGINT/SIGTERM.
+
+    Ownership: with neither ``--address`` nor ``$RAY_ADDRESS`` this command starts its own local Ray and
+    Serve and shuts both down on exit. When it joins an existing cluster it touches only its own
+    application: it refuses to deploy over a running application of the same name (unless
+    ``--replace``), refuses when Serve already listens elsewhere than ``--host``/``--port``, and on exit
+    deletes its application only (never ``serve.shutdown()``)."""
     import ray
     from ray import serve
 
@@ -126,24 +189,48 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"gliclass-dist serve: {exc}")
         return 2
-    own_cluster = args.address is None
-    ray.init(address=args.address, include_dashboard=False if own_cluster else None)
+    joined = args.address is not None or bool(os.environ.get("RAY_ADDRESS"))
+    # "local" always starts a new Ray (a bare ray.init() would join a `ray start` cluster found on this machine)
+    ray.init(address=args.address if joined else "local", include_dashboard=None if joined else False)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    deployed = False
     try:
-        serve.start(http_options={"host": args.host, "port": args.port})
-        serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
-        url = f"http://{args.host}:{args.port}"
-        logger.info("serving %s at %s (POST /v1/classify, docs at %s/docs); Ctrl-C stops", args.model, url, url)
-        if args.host not in ("127.0.0.1", "localhost", "::1") and not settings["require_auth"]:
-            logger.warning("listening on %s without a bearer token: anyone who reaches it can use it", args.host)
+        running = running_serve_http() if joined else None
+        if running is None:
+            serve.start(http_options={"host": args.host, "port": args.port})
+            host, port = args.host, args.port
+        else:
+            host, port = running
+            if (host, port) != (args.host, args.port):
+                print(
+                    f"gliclass-dist serve: Serve already runs on this cluster and listens on {host}:{port}, not "
+                    f"{args.host}:{args.port}; its HTTP options cannot change while it runs. Re-run with "
+                    f"--host {host} --port {port} to add this application to it."
+                )
+                return 2
+        if args.app_name in serve.status().applications and not args.replace:
+            print(
+                f"gliclass-dist serve: an application named {args.app_name!r} already runs on this cluster and "
+                "was not started by this command; pass --replace to replace it, or choose another --app-name"
+            )
+            return 2
+        deployed = True  # from here on the application is ours (new, or replaced on request)
+        serve.run(build_app(settings), name=args.app_name, route_prefix=args.route_prefix)
+        url = f"http://{host}:{port}{args.route_prefix.rstrip('/')}"
+        logger.info(
+            "serving %s as application %r at %s (POST /v1/classify, docs at %s/docs); Ctrl-C stops",
+            args.model, args.app_name, url, url,
+        )  # fmt: skip
+        if host not in ("127.0.0.1", "localhost", "::1") and not settings["require_auth"]:
+            logger.warning("listening on %s without a bearer token: anyone who reaches it can use it", host)
         stop.wait()
     finally:
         logger.info("stopping")
-        if own_cluster:
+        if not joined:  # our own Ray: Serve and everything on it are ours
             serve.shutdown()
-        else:
-            serve.delete(APP_NAME)
+        elif deployed:  # a shared cluster: remove our application only
+            serve.delete(args.app_name)
         ray.shutdown()
     return 0
