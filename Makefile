@@ -12,7 +12,7 @@ export PYSPARK_DRIVER_PYTHON = $(CURDIR)/$(PY)
 AIRFLOW_VENV := .venv-airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 
-.PHONY: venv test test-airflow lint demo model bench clean
+.PHONY: venv test test-airflow test-slow lint demo model bench clean
 
 venv: $(STAMP)
 
@@ -35,6 +35,11 @@ $(AIRFLOW_STAMP): infra/airflow/requirements.txt
 
 test-airflow: $(STAMP) $(AIRFLOW_STAMP)
 	$(AIRFLOW_VENV)/bin/pytest -q -ra --noconftest tests/test_airflow_dag.py -k "not spark_branch"
+
+# Tests too slow for `make test` (CI may skip this target): the Airflow DAG's Spark branch, a real
+# spark-submit of jobs/spark_classify.py on local[2] driven by `dag.test()`.
+test-slow: $(STAMP) $(AIRFLOW_STAMP)
+	$(AIRFLOW_VENV)/bin/pytest -q -ra --noconftest tests/test_airflow_dag.py -k "spark_branch"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

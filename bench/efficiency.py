@@ -7,13 +7,15 @@
   *processed* FLOPs count every padded position the model actually computed (from the engine's
   own batch plan, or the reference's batches of 16 padded to their longest row).
 - Padding: padded positions / all processed positions, from the engine's counters.
+- Engine vs reference on articles: both on the same texts, timed in alternating rounds (the order
+  flips every round, so a change in the machine's load hits both); median and range over rounds.
 - Token-budget sweep: engine texts/s at several ``token_budget`` values, interleaved.
 - Label cache: for BBC texts and label sets, the engine's cached per-label ids concatenated with
   the text ids must equal tokenizing the whole input string (rows that fit the window uncut).
 
 Writes ``bench/results/efficiency.json`` and ``efficiency.png``.
 
-    python bench/efficiency.py [--target-s 4]
+    python bench/efficiency.py [--target-s 4] [--ref-rounds 5] [--ref-texts 16]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -112,21 +115,49 @@ def measure_engine(
     }
 
 
-def measure_reference(ref, tokenizer, texts, labels, target_s, shape, prompt_first) -> dict[str, Any]:
-    wall, _, _ = common.timed(ref.classify, texts[:4], labels)
-    n = count_for(4 / wall, target_s, len(texts))
-    n = max(peers.BATCH, n - n % peers.BATCH)
-    sample = texts[:n]
-    useful, processed, padding = reference_flops(tokenizer, sample, labels, shape, prompt_first)
-    wall, cpu, _ = common.timed(ref.classify, sample, labels)
+def spread(values: list[float], digits: int = 3) -> dict[str, float]:
+    """Median and range of one measurement over rounds."""
     return {
-        "texts": n,
-        "seconds": round(wall, 3),
-        "texts_per_s": round(n / wall, 3),
-        "useful_gflops_per_s": round(useful / wall / 1e9, 2),
-        "processed_gflops_per_s": round(processed / wall / 1e9, 2),
-        "padding_fraction": round(padding, 4),
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
     }
+
+
+def interleaved_vs_reference(
+    clf, ref, tokenizer, texts: list[str], labels: list[str], shape: dict[str, int], prompt_first: bool, rounds: int
+) -> dict[str, Any]:
+    """Engine and reference on the same ``texts``, one timed call each per round, in alternating order.
+
+    Even rounds run the engine first, odd rounds the reference first, so neither always meets the
+    machine in the same state. Per approach: texts/s and useful GFLOP/s (median, min, max over
+    rounds); and the engine ÷ reference ratio of each round.
+    """
+    n = len(texts)
+    ref_useful, ref_processed, ref_padding = reference_flops(tokenizer, texts, labels, shape, prompt_first)
+    eng_useful, eng_processed = engine_flops(clf, chunk_lengths(clf, texts, labels), shape)
+    approaches = {"engine": clf.classify, "reference": ref.classify}
+    for classify in approaches.values():  # warm-up, untimed
+        classify(texts[:2], labels)
+    walls: dict[str, list[float]] = {name: [] for name in approaches}
+    for r in range(rounds):
+        order = list(approaches) if r % 2 == 0 else list(reversed(approaches))
+        for name in order:
+            wall, _, _ = common.timed(approaches[name], texts, labels)
+            walls[name].append(wall)
+    flops = {"engine": (eng_useful, eng_processed), "reference": (ref_useful, ref_processed)}
+    out: dict[str, Any] = {"texts": n, "rounds": rounds, "order": "alternating: engine first in even rounds"}
+    for name, series in walls.items():
+        useful, processed = flops[name]
+        out[name] = {
+            "seconds_per_round": [round(w, 3) for w in series],
+            "texts_per_s": spread([n / w for w in series]),
+            "useful_gflops_per_s": spread([useful / w / 1e9 for w in series], 2),
+            "processed_gflops_per_s": spread([processed / w / 1e9 for w in series], 2),
+        }
+    out["reference"]["padding_fraction"] = round(ref_padding, 4)
+    out["engine_over_reference"] = spread([r / e for e, r in zip(walls["engine"], walls["reference"])])
+    return out
 
 
 def budget_sweep(clf, sets, labels, budgets, target_s, rounds=2) -> list[dict[str, Any]]:
@@ -188,7 +219,14 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     ax1.bar([x + 0.2 for x in xs], processed, width=0.4, label="engine, processed (with padding)")
     ref = payload.get("reference_bbc_long")
     if ref:
-        ax1.bar([len(names)], [ref["useful_gflops_per_s"]], width=0.4, label="reference bbc_long, useful")
+        useful_ref = ref["reference"]["useful_gflops_per_s"]
+        ax1.bar(
+            [len(names)],
+            [useful_ref["median"]],
+            yerr=[[useful_ref["median"] - useful_ref["min"]], [useful_ref["max"] - useful_ref["median"]]],
+            width=0.4,
+            label="reference bbc_long, useful (median, range over rounds)",
+        )
         names = names + ["reference\nbbc_long"]
     ax1.axhline(payload["matmul_peak_gflops"], color="k", linestyle="--", label="fp32 matmul peak")
     ax1.axhline(0.65 * payload["matmul_peak_gflops"], color="grey", linestyle=":", label="65% of peak")
@@ -217,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-s", type=float, default=4.0)
     parser.add_argument("--labels", type=int, default=5)
     parser.add_argument("--budgets", type=int, nargs="+", default=[512, 1024, 2048, 4096, 16384])
+    parser.add_argument("--ref-rounds", type=int, default=5, help="alternating engine/reference rounds on articles")
+    parser.add_argument("--ref-texts", type=int, default=16, help="articles per call in those rounds")
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--out", default="efficiency")
     args = parser.parse_args(argv)
@@ -235,15 +275,25 @@ def main(argv: list[str] | None = None) -> int:
     machine["model"] = checkpoint.name
     peak_before = common.matmul_peak_gflops()
     engine = {name: measure_engine(clf, sets[name], labels, args.target_s, shape) for name in common.TEXT_SETS}
-    reference = measure_reference(
-        ref, clf.builder.tokenizer, sets["bbc_long"], labels, args.target_s, shape, bool(clf.model.config.prompt_first)
+    reference = interleaved_vs_reference(
+        clf,
+        ref,
+        clf.builder.tokenizer,
+        sets["bbc_long"][: args.ref_texts],
+        labels,
+        shape,
+        bool(clf.model.config.prompt_first),
+        args.ref_rounds,
     )
     peak_after = common.matmul_peak_gflops()
     peak = max(peak_before, peak_after)
     sweep = budget_sweep(clf, sets, labels, args.budgets, args.target_s / 2)
     cache = label_cache_check(clf, sets)
-    for result in list(engine.values()) + [reference]:
+    for result in engine.values():
         result["useful_fraction_of_peak"] = round(result["useful_gflops_per_s"] / peak, 3)
+    for result in (reference["engine"], reference["reference"]):
+        useful = result["useful_gflops_per_s"]
+        result["useful_fraction_of_peak"] = {k: round(v / peak, 3) for k, v in useful.items()}
     payload: dict[str, Any] = {
         "machine": machine,
         "encoder": shape,

@@ -172,7 +172,10 @@ def test_spec_rendering_and_overrides(tmp_path: Path) -> None:
     assert spec["sink"]["path"] == "/elsewhere" and spec["resources"]["max_actors"] == 4
     facts = jobspec.spec_facts(spec)
     assert facts.incremental and facts.input.format == "delta" and facts.sink.uri == "/elsewhere"
-    assert facts.progress_key() == jobspec.spec_facts(spec).progress_key()
+    # the key names the input -> sink pair: resources do not change it, another sink does
+    key = facts.progress_key()
+    assert jobspec.spec_facts({**spec, "resources": {"max_actors": 8}}).progress_key() == key
+    assert jobspec.spec_facts({**spec, "sink": {**spec["sink"], "path": "/other"}}).progress_key() != key
     with pytest.raises(jobspec.SpecProblem, match="not both"):
         jobspec.load_spec(spec, str(spec_file))
     with pytest.raises(jobspec.SpecProblem, match="does not exist"):
@@ -194,7 +197,8 @@ def test_ray_job_helpers() -> None:
     assert ray_jobs.dashboard_url("https://ray.example", 443) == "https://ray.example:443"
     assert ray_jobs.dashboard_url("http://10.0.0.1:8265", 9999) == "http://10.0.0.1:8265"
     sid = ray_jobs.submission_id_for("gliclass_classify", "manual__2026-01-01T00:00:00+00:00")
-    assert sid == ray_jobs.submission_id_for("gliclass_classify", "manual__2026-01-01T00:00:00+00:00")
+    assert sid == "gliclass-gliclass_classify-manual__2026-01-01T00-00-00-00-00"  # stable across processes
+    assert ray_jobs.submission_id_for("gliclass_classify", "manual__2026-01-02T00:00:00+00:00") != sid
     assert all(c.isalnum() or c in "-_" for c in sid)
 
 
@@ -310,7 +314,7 @@ def _variable(key: str):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_ray_dag_end_to_end(live_stack: LiveStack, dagbag, tmp_path: Path) -> None:
+def test_ray_dag_end_to_end(live_stack: LiveStack, dagbag, tmp_path: Path, monkeypatch) -> None:
     """Three scheduled runs against a real Ray head: classify, skip (no new data), fail validation."""
     if not (REPO / "jobs" / "ray_classify.py").is_file():
         pytest.fail("jobs/ray_classify.py does not exist: the DAG has nothing to submit")
@@ -324,8 +328,9 @@ def test_ray_dag_end_to_end(live_stack: LiveStack, dagbag, tmp_path: Path) -> No
         "sink": {"format": "delta", "path": sink_uri},
         "resources": {"batch_rows": 8},
     }
-    os.environ["AIRFLOW_CONN_RAY_DEFAULT"] = json.dumps(
-        {"conn_type": "http", "host": "127.0.0.1", "port": int(live_stack.dashboard.rsplit(":", 1)[1])}
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RAY_DEFAULT",
+        json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": int(live_stack.dashboard.rsplit(":", 1)[1])}),
     )
     conf = {
         "engine": "ray",
@@ -339,7 +344,7 @@ def test_ray_dag_end_to_end(live_stack: LiveStack, dagbag, tmp_path: Path) -> No
     }
     dag = dagbag.dags[DAG_ID]
     for task in dag.tasks:  # a failure here is final: no 2-minute retry waits inside the test
-        task.retries = 0
+        monkeypatch.setattr(task, "retries", 0)  # the DAG bag is shared by the module: restored after
     progress_key = jobspec.spec_facts(spec).progress_key()
 
     # 1. New input: the job runs on Ray, the result validates, progress is recorded.
@@ -406,7 +411,7 @@ def test_spark_branch_end_to_end(live_stack: LiveStack, dagbag, tmp_path: Path, 
     }
     dag = dagbag.dags[DAG_ID]
     for task in dag.tasks:
-        task.retries = 0
+        monkeypatch.setattr(task, "retries", 0)
     state, tis = _run_dag(dag, conf)
     assert tis["submit_ray_job"] == "skipped"
     assert tis["submit_spark_job"] == "success", tis

@@ -13,7 +13,6 @@ sys.path.insert(0, str(BENCH))
 
 from gliclass_dist.engine import (  # noqa: E402
     MAX_BATCH_ROWS,
-    PAD_TOLERANCE,
     Classifier,
     expected_padding_ratio,
     plan_batches,
@@ -54,7 +53,6 @@ def test_plan_closes_batches_on_length_spread_once_filled():
     # below min_fill it keeps rows together instead (tiny batches cost more than a little padding)
     assert len(plan_batches([20, 10], 1_000_000, min_fill=1000)) == 1
     assert expected_padding_ratio([20, 10], 1_000_000, min_fill=1000) == pytest.approx(0.25)
-    assert 0 < PAD_TOLERANCE < 0.5
 
 
 def test_int8_backend_scores_every_label(tiny_model):
@@ -76,12 +74,12 @@ def test_int8_backend_rejects_gpu_dtypes_and_unknown_backends(tiny_model):
         Classifier.from_pretrained(tiny_model, device="cpu", backend="tensorrt")
 
 
-def test_engine_vs_peers_harness_runs_on_a_tiny_model(tiny_model):
+def test_engine_vs_peers_harness_runs_on_a_tiny_model(tiny_model, monkeypatch):
     import engine_vs_peers
     import peers
 
     approaches = {"engine": peers.EngineApproach(tiny_model), "reference": peers.ReferenceApproach(tiny_model)}
-    engine_vs_peers.MIN_TEXTS = 4
+    monkeypatch.setattr(engine_vs_peers, "MIN_TEXTS", 4)
     records = engine_vs_peers.measure(approaches, {"bbc_mixed": TEXTS * 4}, [1, 5], target_s=0.05, rounds=2)
     results, ratios = engine_vs_peers.summarise(records)
     assert {(r["approach"], r["labels"]) for r in results} == {(a, c) for a in approaches for c in (1, 5)}
@@ -103,6 +101,17 @@ def test_efficiency_helpers_on_a_tiny_model(tiny_model):
     assert 0 < useful <= processed
     cache = efficiency.label_cache_check(clf, {"bbc_mixed": TEXTS}, counts=(1, 3), rows=5)
     assert cache["rows_checked"] > 0 and cache["identical"]
+    import peers
+
+    ref = peers.ReferenceApproach(tiny_model)
+    first = bool(clf.model.config.prompt_first)
+    duel = efficiency.interleaved_vs_reference(clf, ref, clf.builder.tokenizer, TEXTS, LABELS, shape, first, rounds=3)
+    for name in ("engine", "reference"):
+        assert len(duel[name]["seconds_per_round"]) == 3
+        rate = duel[name]["texts_per_s"]
+        assert 0 < rate["min"] <= rate["median"] <= rate["max"]
+    assert 0 <= duel["reference"]["padding_fraction"] < 1
+    assert duel["engine_over_reference"]["min"] > 0
 
 
 def test_gpu_bench_checkpoint_builds_and_classifies(tmp_path):

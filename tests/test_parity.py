@@ -1,7 +1,10 @@
 """Parity with the reference implementation (the `gliclass` package), both directions.
 
 The reference's own batched scores move with batch composition (it pools without the mask), so
-it is run one text at a time; ours runs all texts in one call, in mixed-length batches.
+it is run one text at a time; ours runs all texts in one call, in mixed-length batches. Where even
+one text at a time the reference's mean is not over the text's tokens (``extract_text_features``
+with ``avg``, the demo model's settings), ours equals the reference's forward with that mean
+masked, and the difference from the reference as shipped is pinned by a test.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ gliclass = pytest.importorskip("gliclass")
 
 from gliclass_dist.engine import Classifier  # noqa: E402
 from gliclass_dist.model.tiny import tiny_encoder_config, train_tokenizer  # noqa: E402
+from gliclass_dist.train.init_model import SIMILARITY_DEFAULTS  # noqa: E402
 
 TEXTS = [
     "The central bank raised interest rates again.",
@@ -73,15 +77,48 @@ def build_reference_checkpoint(path: Path, backbone: str, **options) -> Path:
     return path
 
 
-def reference_scores(path: Path, texts, labels, **call) -> list[dict[str, float]]:
+def reference_pipeline(path: Path):
     from transformers import AutoTokenizer
 
     model = gliclass.GLiClassModel.from_pretrained(str(path)).eval()
     tok = AutoTokenizer.from_pretrained(str(path))
-    pipe = gliclass.ZeroShotClassificationPipeline(model, tok, classification_type="multi-label", device="cpu", progress_bar=False)
+    return gliclass.ZeroShotClassificationPipeline(model, tok, classification_type="multi-label", device="cpu", progress_bar=False)
+
+
+def reference_scores(path: Path, texts, labels, *, padded_batch: bool = False, **call) -> list[dict[str, float]]:
+    """The reference's scores, one text at a time (no padding), or all texts in one padded batch."""
+    pipe = reference_pipeline(path)
+    if padded_batch:
+        batches = pipe(list(texts), labels, threshold=0.0, batch_size=len(texts), **call)
+    else:  # one at a time: no padding in the reference
+        batches = [pipe(text, labels, threshold=0.0, **call)[0] for text in texts]
+    return [{p["label"]: p["score"] for p in preds} for preds in batches]
+
+
+def reference_scores_masked_mean(path: Path, texts, labels) -> list[dict[str, float]]:
+    """The reference's own forward, one text at a time, with its ``avg`` text pooling made a masked mean.
+
+    Even on one unpadded text the reference's mean is not over the text's tokens when
+    ``extract_text_features`` is on: it gathers the tokens from ``<<SEP>>`` on into a zero-filled
+    tensor as long as the whole sequence and divides by that length. A forward hook on its pooler
+    rescales sum / length to sum / count; nothing else of the reference changes.
+    """
+    pipe = reference_pipeline(path)
+    model = pipe.pipe.model
+    assert model.config.pooling_strategy == "avg"
     out = []
-    for text in texts:  # one at a time: no padding in the reference
-        preds = pipe(text, labels, threshold=0.0, **call)[0]
+    for text in texts:
+        ids = pipe.pipe.prepare_inputs([text], labels, same_labels=True)["input_ids"][0]
+        length = ids.shape[-1]
+        count = length
+        if model.config.extract_text_features:
+            count = length - int((ids == model.config.text_token_index).int().argmax())
+        scale = length / count
+        handle = model.model.pooler.register_forward_hook(lambda _m, _i, pooled, scale=scale: pooled * scale)
+        try:
+            preds = pipe(text, labels, threshold=0.0)[0]
+        finally:
+            handle.remove()
         out.append({p["label"]: p["score"] for p in preds})
     return out
 
@@ -105,6 +142,8 @@ def spread(scores: list[dict[str, float]]) -> float:
 
 GRID = list(
     itertools.product(["bert", "deberta-v2"], [False, True], ["simple", "mlp", "weighted-dot"], ["first", "avg"], [True, False])
+) + list(  # the other poolings whose reference is well defined one text at a time; scorer and label embedding vary above
+    itertools.product(["bert", "deberta-v2"], [False, True], ["mlp"], ["last", "abs_max"], [True])
 )
 
 
@@ -122,6 +161,26 @@ def test_reference_checkpoint_scores_equal(tmp_path, backbone, prompt_first, sco
     got = ours(path, TEXTS, LABELS)
     assert spread(expected) > 1e-3, "degenerate model: scores do not vary"
     assert max_error(got, expected) < TOLERANCE
+
+
+def test_demo_settings_differ_from_the_reference_only_by_its_unmasked_mean(tmp_path):
+    """The demo model's settings (``extract_text_features`` + ``avg``): where we deliberately differ.
+
+    Ours pools the text with the attention mask, so a row's scores do not depend on its batch-mates.
+    The reference averages over padding and, with ``extract_text_features``, over the whole sequence
+    length, so its scores move with the batch. Ours equals the reference's forward with that mean
+    masked, and differs from the reference as it runs a padded batch.
+    """
+    path = build_reference_checkpoint(tmp_path / "ref", "bert", **SIMILARITY_DEFAULTS)
+    got = ours(path, TEXTS, LABELS)  # one call: a padded, mixed-length batch
+    masked = reference_scores_masked_mean(path, TEXTS, LABELS)
+    assert spread(masked) > 1e-3, "degenerate model: scores do not vary"
+    assert max_error(got, masked) < TOLERANCE
+    padded = reference_scores(path, TEXTS, LABELS, padded_batch=True)
+    alone = reference_scores(path, TEXTS, LABELS)
+    assert max_error(got, padded) > 1e-2  # the documented difference, in a padded batch
+    assert max_error(got, alone) > 1e-2  # and one text at a time (its mean divides by the sequence length)
+    assert max_error(padded, alone) > 1e-2  # the reference's own scores move with the batch
 
 
 @pytest.mark.parametrize(

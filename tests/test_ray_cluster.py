@@ -93,9 +93,14 @@ def test_model_actors_run_on_the_gpu_node_and_fall_back_to_cpu(
     worker_logs = "".join(p.read_text(errors="replace") for p in ray_tmp.glob("**/session_*/logs/worker-*.err"))
     ready = [line for line in worker_logs.splitlines() if "GLiClassPredictor ready on node" in line]
     assert ready, "no model actor reported where it runs"
-    assert all(gpu_node.node_id in line and "device=cpu" in line for line in ready), ready
-    assert "falling back to CPU" in worker_logs
-    assert "CUDA_VISIBLE_DEVICES='0'" in worker_logs
+    import torch
+
+    if torch.cuda.is_available():  # the node's GPU is real: the actors use it
+        assert all(gpu_node.node_id in line and "device=cuda" in line for line in ready), ready
+    else:  # the node's GPU is a placeholder: the engine falls back to CPU and says why
+        assert all(gpu_node.node_id in line and "device=cpu" in line for line in ready), ready
+        assert "falling back to CPU" in worker_logs
+        assert "CUDA_VISIBLE_DEVICES='0'" in worker_logs
 
 
 @pytest.fixture

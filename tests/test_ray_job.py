@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +31,13 @@ def ray_local(tmp_path_factory: pytest.TempPathFactory):
     import ray
 
     own = not ray.is_initialized()
-    if own:
-        os.environ["RAY_TMPDIR"] = str(tmp_path_factory.mktemp("ray"))
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True, logging_level="WARNING")
-    yield ray
-    if own:
-        ray.shutdown()
+    with pytest.MonkeyPatch.context() as env:  # RAY_TMPDIR is restored for the modules after this one
+        if own:
+            env.setenv("RAY_TMPDIR", str(tmp_path_factory.mktemp("ray")))
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True, logging_level="WARNING")
+        yield ray
+        if own:
+            ray.shutdown()
 
 
 def make_rows(n: int, start: int = 0, *, bad: bool = True) -> pa.Table:
@@ -337,7 +337,9 @@ def test_example_specs_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(examples) >= 3
     for path in examples:
         spec = JobSpec.from_yaml(path)
-        assert spec.job_key == JobSpec.from_yaml(path).job_key
+        # the key digests what defines the output: rescaling is the same job, another sink is not
+        assert JobSpec.from_yaml(path, ["resources.batch_rows=7"]).job_key == spec.job_key
+        assert JobSpec.from_yaml(path, ["sink.path=/elsewhere"]).job_key != spec.job_key
 
 
 def test_demo_twice_leaves_each_article_once(

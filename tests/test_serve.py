@@ -6,7 +6,6 @@ One Serve instance for the whole module (starting Ray + Serve costs ~20 s on the
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 from pathlib import Path
@@ -64,40 +63,38 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_debe
     broken.mkdir()
     (broken / "config.json").write_text("{not a config")
     own_ray = not ray.is_initialized()
-    previous_tmpdir = os.environ.get("RAY_TMPDIR")
-    if own_ray:  # the node declares a placeholder GPU: a replica asking for one is scheduled on it
-        os.environ["RAY_TMPDIR"] = str(tmp_path_factory.mktemp("ray"))
-        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
-    port = _free_port()
-    args = {
-        **APP_ARGS,
-        "model": str(tiny_model),
-        "models": f"deberta={tiny_deberta},broken={broken}",
-        "token_file": str(token_file),
-        "require_auth": True,
-        # autoscaling on, with a target far above the tests' load: one replica throughout
-        "min_replicas": 1,
-        "max_replicas": 2,
-        "target_ongoing_requests": 256,
-        # on our own node, ask for its placeholder GPU: the engine must fall back to CPU and say so
-        "num_gpus": 1 if own_ray else 0,
-    }
-    client = httpx.Client(
-        base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60
-    )
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(args), name="gliclass-test", route_prefix="/")
-        yield {"client": client, "args": args, "port": port, "build_app": build_app, "own_ray": own_ray}
-    finally:
-        client.close()
-        serve.shutdown()
-        if own_ray:
-            ray.shutdown()
-            if previous_tmpdir is None:
-                os.environ.pop("RAY_TMPDIR", None)
-            else:
-                os.environ["RAY_TMPDIR"] = previous_tmpdir
+    with pytest.MonkeyPatch.context() as env:  # RAY_TMPDIR is restored for the modules after this one
+        if own_ray:  # the node declares a placeholder GPU: a replica asking for one is scheduled on it
+            env.setenv("RAY_TMPDIR", str(tmp_path_factory.mktemp("ray")))
+            ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+        port = _free_port()
+        args = {
+            **APP_ARGS,
+            "model": str(tiny_model),
+            "models": f"deberta={tiny_deberta},broken={broken}",
+            "token_file": str(token_file),
+            "require_auth": True,
+            # autoscaling on, with a target far above the tests' load: one replica throughout
+            "min_replicas": 1,
+            "max_replicas": 2,
+            "target_ongoing_requests": 256,
+            # on our own node, ask for its GPU: without CUDA (a placeholder) the engine falls back to CPU and says so
+            "num_gpus": 1 if own_ray else 0,
+            # with CUDA the replica would pick bfloat16; its results are compared with a float32 CPU engine at 1e-5
+            "dtype": "float32",
+        }
+        client = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60
+        )
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            serve.run(build_app(args), name="gliclass-test", route_prefix="/")
+            yield {"client": client, "args": args, "port": port, "build_app": build_app, "own_ray": own_ray}
+        finally:
+            client.close()
+            serve.shutdown()
+            if own_ray:
+                ray.shutdown()
 
 
 @pytest.fixture(scope="module")
