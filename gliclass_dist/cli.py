@@ -13,8 +13,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Iterable, Sequence
+from typing import NoReturn
 
 SUBCOMMANDS = {
     "classify": "gliclass_dist.classify_cli",
@@ -23,8 +26,18 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class Parser(argparse.ArgumentParser):
+    """argparse, with usage errors printed as ``error: ...`` like every other error of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser(commands: Iterable[str] = tuple(SUBCOMMANDS)) -> argparse.ArgumentParser:
+    """The parser; only ``commands`` are imported and registered in full (the others only by name), so that
+    ``classify`` does not wait for ``train``'s imports."""
+    parser = Parser(
         prog="gliclass-dist",
         description=(
             "Zero-shot text classification with GLiClass: classify files, fine-tune on a few examples, "
@@ -34,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in SUBCOMMANDS.items():
+        if name not in commands:
+            subparsers.add_parser(name, help="(not loaded)")
+            continue
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:  # an optional extra is missing: say which
@@ -50,7 +66,9 @@ def _unavailable(exc: ImportError) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    named = next((arg for arg in argv if arg in SUBCOMMANDS), None)  # the command comes before its options
+    parser = build_parser([named] if named else SUBCOMMANDS)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -59,7 +77,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except Exception as exc:  # a command's own errors are handled there; this is the last resort
+        if args.verbose:
+            traceback.print_exc()
+        message = " ".join(str(exc).split()) or "no message"
+        hint = "" if args.verbose else " (run with -v to see the traceback)"
+        print(f"error: unexpected {type(exc).__name__}: {message}{hint}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
