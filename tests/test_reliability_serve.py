@@ -222,6 +222,16 @@ def test_non_finite_or_out_of_range_thresholds_are_422(served: str, threshold: s
     assert any(fragment in error["msg"] and error["loc"][0] == "threshold" for error in detail), detail
 
 
+def test_a_prompt_with_a_marker_string_is_422(served: str) -> None:
+    response = httpx.post(
+        f"{served}/v1/classify",
+        json={"texts": ["a text"], "labels": LABELS, "prompt": "Classify <<SEP>> this"},
+        timeout=60,
+    )
+    assert response.status_code == 422, response.text
+    assert any("<<SEP>>" in error["msg"] and error["loc"][-1] == "prompt" for error in response.json()["detail"])
+
+
 # ------------------------------------------------------------------------------------------ stalled bodies
 def _stalled_request(port: int, declared: int = 4000) -> socket.socket:
     """A connection that declares a body of ``declared`` bytes, sends one byte of it, and stalls."""

@@ -6,8 +6,10 @@
 exactly as in the released checkpoints.
 
 Where we deliberately differ from the reference implementation: text pooling honours the
-attention mask (so a row's scores do not depend on its batch-mates), which equals the reference
-run one text at a time.
+attention mask (so a row's scores do not depend on its batch-mates). For most settings that equals
+the reference run one text at a time; with ``extract_text_features`` + ``avg`` pooling the reference
+divides by the whole sequence length even for one text, and the scores differ
+(``tests/test_parity.py`` pins the difference).
 """
 
 from __future__ import annotations

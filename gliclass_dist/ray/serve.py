@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ray import serve
 from ray.serve import Application
 
-from gliclass_dist.labels import LabelSpec
+from gliclass_dist.labels import LabelSpec, check_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -223,6 +223,11 @@ class ClassifyRequest(BaseModel):
     )
     prompt: str | None = Field(None, description="optional task description placed with the labels")
     model: str | None = Field(None, description="an allow-listed model id (default: the default model)")
+
+    @field_validator("prompt")
+    @classmethod
+    def _no_marker_in_prompt(cls, value: str | None) -> str | None:
+        return check_prompt(value)  # a marker string would shift the label slots of every row: 422
 
 
 def json_safe_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
