@@ -110,6 +110,16 @@ def read_source(
     return _module(input_spec.format).read(input_spec, columns)
 
 
+def input_version(input_spec: InputSpec) -> int:
+    """The current version of a Delta input table (``FileNotFoundError`` naming the path if there is none)."""
+    if input_spec.format != "delta":
+        raise ValueError(f"input_version needs a delta input, not {input_spec.format}")
+    table = _module("delta").open_table(input_spec.path, input_spec.storage_options)
+    if table is None:
+        raise FileNotFoundError(f"no Delta table at input.path {input_spec.path!r}")
+    return table.version()
+
+
 def read_delta_changes(
     path: str,
     since_version: int | None,

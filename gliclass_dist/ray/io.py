@@ -35,17 +35,6 @@ logger = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def delta_latest_version(spec: InputSpec) -> int:
-    """The current version of a Delta input table."""
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
-    try:
-        return DeltaTable(spec.path, storage_options=spec.storage_options or None).version()
-    except TableNotFoundError:
-        raise FileNotFoundError(f"no Delta table at input.path {spec.path!r}") from None
-
-
 def read_input(
     spec: InputSpec,
     *,
@@ -75,7 +64,7 @@ def read_input(
             selected_fields=tuple(cols) if cols else ("*",),
         )
     if fmt == "delta":
-        version = delta_latest_version(spec) if until_version is None else until_version
+        version = connectors.input_version(spec) if until_version is None else until_version
         if since_version is None:
             return ray.data.read_delta(
                 spec.path, version=version, storage_options=spec.storage_options or None, columns=cols

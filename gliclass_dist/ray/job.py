@@ -36,7 +36,6 @@ from gliclass_dist.model.loading import resolve_model_ref
 from gliclass_dist.ray.io import (
     StagedCommitDatasink,
     apply_filter,
-    delta_latest_version,
     merge_counts,
     read_input,
 )
@@ -207,7 +206,7 @@ def run_job(spec: JobSpec, *, ray_address: str | None = None, count_input: bool 
     since: int | None = None
     input_version: int | None = None
     if spec.input.format == "delta":
-        input_version = delta_latest_version(spec.input)
+        input_version = connectors.input_version(spec.input)
     if spec.input.incremental:
         since = connectors.last_committed(spec.sink, app_id)
         version = int(input_version)  # type: ignore[arg-type]

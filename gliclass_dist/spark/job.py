@@ -120,16 +120,6 @@ def _arrow_to_spark(spark: SparkSession, reader: pa.RecordBatchReader, where: st
     return spark.createDataFrame(table)
 
 
-def delta_latest_version(spec: InputSpec) -> int:
-    """The current version of a Delta input table."""
-    from gliclass_dist.connectors.delta import open_table
-
-    table = open_table(spec.path, spec.storage_options)
-    if table is None:
-        raise FileNotFoundError(f"no Delta table at input.path {spec.path!r}")
-    return table.version()
-
-
 def _read_delta_files(spark: SparkSession, spec: InputSpec, version: int) -> DataFrame | None:
     """The Delta table at ``version`` read by Spark's parquet reader from delta-rs's file list, or None when
     the table uses features a plain parquet read would get wrong (deletion vectors, column mapping)."""
@@ -169,7 +159,7 @@ def read_input(
                 spec.path, since_version, storage_options=spec.storage_options, filter=spec.filter
             )
             return _arrow_to_spark(spark, reader, f"delta {spec.path} changes after version {since_version}")
-        version = delta_latest_version(spec) if version is None else version
+        version = connectors.input_version(spec) if version is None else version
         df = None
         if delta_spark_available(spark):
             df = spark.read.format("delta").option("versionAsOf", version).load(spec.path)
@@ -379,7 +369,7 @@ def run_job(
     since: int | None = None
     input_version: int | None = None
     if spec.input.format == "delta":
-        input_version = delta_latest_version(spec.input)
+        input_version = connectors.input_version(spec.input)
     if spec.input.incremental:
         since = connectors.last_committed(spec.sink, app_id)
         version = int(input_version)  # type: ignore[arg-type]
