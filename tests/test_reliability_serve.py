@@ -317,12 +317,12 @@ def test_request_over_the_cost_cap_is_413_naming_cost_and_cap(served: str, class
 def test_small_request_is_not_stuck_behind_whole_large_requests(classifier: Classifier) -> None:
     """Three large requests queued, then a small one: the small one finishes in the next micro-batch, before
     the large ones that were waiting; every large request's rows still come back complete and in order."""
-    from gliclass_dist.ray.serve import BatchStats, EngineQueue, _Job, row_costs
+    from gliclass_dist.ray.serve import BatchStats, ClassifyJob, EngineQueue, row_costs
 
-    def job(texts: list[str]) -> _Job:
+    def job(texts: list[str]) -> ClassifyJob:
         rows = [LABELS] * len(texts)
         costs = row_costs(classifier, texts, rows, None)
-        return _Job(classifier, texts, rows, LabelSpec(labels=LABELS).label_set_id, "multi-label", 0.5, None, costs)
+        return ClassifyJob(classifier, texts, rows, LabelSpec(labels=LABELS).label_set_id, "multi-label", 0.5, None, costs)
 
     large = [job([f"{TEXTS[(i + k) % 3]} Large request {i}, row {k}." for k in range(8)]) for i in range(3)]
     small = job(["A small request: " + TEXTS[1]])
@@ -332,7 +332,7 @@ def test_small_request_is_not_stuck_behind_whole_large_requests(classifier: Clas
         queue = EngineQueue(BatchStats())
         queue.max_texts = 8  # one large request fills an engine call
 
-        async def submit(name: str, j: _Job) -> Any:
+        async def submit(name: str, j: ClassifyJob) -> Any:
             (output,) = await queue.run([j])
             finished.append(name)
             return output

@@ -387,11 +387,11 @@ def test_engine_queue_merges_batches_that_wait_for_the_engine(classifier: Classi
     """Batches queued while the engine is busy run together in the next engine call (no Ray needed)."""
     import asyncio
 
-    from gliclass_dist.ray.serve import BatchStats, EngineQueue, _Job
+    from gliclass_dist.ray.serve import BatchStats, ClassifyJob, EngineQueue
 
-    def job(texts: list[str], labels: list[str]) -> _Job:
+    def job(texts: list[str], labels: list[str]) -> ClassifyJob:
         label_set = LabelSpec(labels=labels).label_set_id
-        return _Job(classifier, texts, [labels] * len(texts), label_set, "multi-label", 0.5, None)
+        return ClassifyJob(classifier, texts, [labels] * len(texts), label_set, "multi-label", 0.5, None)
 
     first = [job([TEXTS[0]], LABELS)]
     second = [job([TEXTS[1], TEXTS[2]], LABELS[:2])]
@@ -418,3 +418,26 @@ def test_engine_queue_merges_batches_that_wait_for_the_engine(classifier: Classi
     _, capped = asyncio.run(scenario(max_texts=2))  # an engine call never exceeds max_texts texts
     assert max(t for _, t in capped.recent) <= 2
     assert sum(t for _, t in capped.recent) == 6
+
+
+def test_serve_package_reads_serve_through_public_apis_only() -> None:
+    """The Serve front end uses no private attribute of another object (e.g. serve.batch's
+    ``_get_max_batch_size``) and imports no private name: batching settings are reported from what the
+    replica applied. (``serve_cli.running_serve_http`` is the one documented private Serve call.)"""
+    import ast
+
+    import gliclass_dist.ray.serve as package
+
+    offenders = []
+    for path in sorted(Path(package.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                offenders += [f"{path.name}:{node.lineno} imports {a.name}" for a in node.names if a.name.startswith("_")]
+            elif (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+            ):
+                offenders.append(f"{path.name}:{node.lineno} reads .{node.attr}")
+    assert offenders == []

@@ -156,8 +156,11 @@ def running_serve_http() -> tuple[str, int] | None:
     or None when Serve is not running there.
 
     Serve's HTTP options are fixed when Serve starts; ``serve.start`` on a running instance ignores new
-    ones with only a log line. Ray has no public call that returns them, so this reads the Serve
-    controller's details (the data ``serve status`` and the dashboard show)."""
+    ones with only a log line. Ray (2.50-2.60) has no public call that returns them: ``serve.status()``
+    gives the proxies' health but not their host/port, and the REST API (``GET /api/serve/applications/``,
+    what ``serve status`` reads) needs the dashboard, which a cluster may run without. So this is the one
+    place that uses a private Serve API, ``ray.serve.context._get_global_client``, to read the Serve
+    controller's details (the same ``ServeInstanceDetails`` the REST API returns)."""
     from ray.serve import context
     from ray.serve.schema import ServeInstanceDetails
 
