@@ -38,14 +38,17 @@ Incremental jobs over a Delta input (each input row classified and landed exactl
 The committed version IS the input table version. A run that dies before its commit leaves nothing, and
 the next run re-reads the same versions; a run retried after its commit finds ``latest <= since`` and
 skips. Rows committed to the input while a run is going are picked up by the next run. (Classification
-compute is at-least-once; landing is exactly once.) ``read_delta_changes`` is the same read as a function.
+compute is at-least-once; landing is exactly once.) ``read_delta_changes`` is the same read as a function;
+``connectors.delta.read_versions`` reads a bounded range ``first..last`` (parallel readers split a range with it).
+
+The functions here dispatch by format to a ``Source`` or ``Sink`` (``connectors.interface``, where the
+guarantees every implementation keeps are written down); ``source_for``/``sink_for`` return them and
+``register_source``/``register_sink`` add a format. See connectors/README.md.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
-from types import ModuleType
 from typing import Any
 
 import pyarrow as pa
@@ -61,38 +64,31 @@ from .base import (
     commit_key,
     source_version,
 )
+from .interface import Sink, Source, register_sink, register_source, sink_for, source_for
 
 __all__ = [
     "CommitResult",
+    "Sink",
     "SinkSchemaError",
+    "Source",
     "StagedFile",
     "commit",
     "commit_files",
     "commit_key",
+    "input_version",
     "last_committed",
     "optimize",
     "prepare",
     "read_delta_changes",
     "read_source",
+    "register_sink",
+    "register_source",
+    "sink_for",
+    "source_for",
     "source_version",
     "stage_files",
     "table_schema",
 ]
-
-_MODULES = {
-    "delta": "delta",
-    "iceberg": "iceberg",
-    "parquet": "parquet",
-    "csv": "parquet",
-    "jsonl": "parquet",
-}
-
-
-def _module(fmt: str) -> ModuleType:
-    """The connector module of a format, imported on first use (deltalake/pyiceberg are optional)."""
-    if fmt not in _MODULES:
-        raise ValueError(f"unknown table format {fmt!r} (known: {sorted(_MODULES)})")
-    return importlib.import_module(f"{__name__}.{_MODULES[fmt]}")
 
 
 def read_source(
@@ -103,21 +99,15 @@ def read_source(
     For Delta, ``since_version`` returns only rows added in later versions; ``source_version(reader)`` gives
     the Delta version (or Iceberg snapshot id) read. ``columns`` projects the input.
     """
-    if since_version is not None and input_spec.format != "delta":
+    source = source_for(input_spec.format)
+    if since_version is not None and not source.incremental:
         raise ValueError(f"since_version needs a delta input, not {input_spec.format}")
-    if input_spec.format == "delta":
-        return _module("delta").read(input_spec, since_version, columns)
-    return _module(input_spec.format).read(input_spec, columns)
+    return source.read(input_spec, columns=columns, since_version=since_version)
 
 
 def input_version(input_spec: InputSpec) -> int:
     """The current version of a Delta input table (``FileNotFoundError`` naming the path if there is none)."""
-    if input_spec.format != "delta":
-        raise ValueError(f"input_version needs a delta input, not {input_spec.format}")
-    table = _module("delta").open_table(input_spec.path, input_spec.storage_options)
-    if table is None:
-        raise FileNotFoundError(f"no Delta table at input.path {input_spec.path!r}")
-    return table.version()
+    return source_for(input_spec.format).version(input_spec)
 
 
 def read_delta_changes(
@@ -132,38 +122,33 @@ def read_delta_changes(
 
     The last version is ``until_version`` when given, else the latest version when the call starts.
     """
-    return _module("delta").read_changes(
+    from . import delta
+
+    return delta.read_changes(
         path, since_version, storage_options=storage_options, predicate=filter, until_version=until_version
     )
 
 
 def last_committed(sink_spec: SinkSpec, app_id: str) -> int | None:
     """The highest version ``app_id`` has committed to the sink, or None."""
-    return _module(sink_spec.format).last_committed(sink_spec, app_id)
+    return sink_for(sink_spec.format).last_committed(sink_spec, app_id)
 
 
 def table_schema(sink_spec: SinkSpec) -> pa.Schema | None:
     """The Arrow schema of the sink table, or None before the first commit."""
-    return _module(sink_spec.format).table_schema(sink_spec)
+    return sink_for(sink_spec.format).table_schema(sink_spec)
 
 
 def prepare(sink_spec: SinkSpec, schema: pa.Schema) -> None:
     """Driver-side check before distributed writes: raise ``SinkSchemaError`` if ``schema`` does not fit the
     table; create an Iceberg table that does not exist yet (Delta and Parquet tables start at the commit)."""
-    from .base import check_compatible
-
-    if sink_spec.format == "iceberg":
-        _module("iceberg").ensure_table(sink_spec, schema)
-        return
-    existing = table_schema(sink_spec)
-    if existing is not None:
-        check_compatible(existing, schema, f"{sink_spec.format} sink {sink_spec.path!r}")
+    sink_for(sink_spec.format).prepare(sink_spec, schema)
 
 
 def stage_files(sink_spec: SinkSpec, data: SinkData, *, schema: pa.Schema | None = None) -> list[StagedFile]:
     """Worker side: write ``data`` as parquet files of ``target_file_rows`` rows where the sink will commit
     them, without committing. Returns small picklable ``StagedFile`` records for the driver."""
-    return _module(sink_spec.format).stage(sink_spec, as_reader(data, schema))
+    return sink_for(sink_spec.format).stage(sink_spec, as_reader(data, schema))
 
 
 def commit_files(
@@ -180,7 +165,7 @@ def commit_files(
     ``schema`` is the data's Arrow schema: needed to create a table that does not exist yet. An empty list
     still records the key (a run with no new rows is done too).
     """
-    return _module(sink_spec.format).commit_files(
+    return sink_for(sink_spec.format).commit_files(
         sink_spec, files, app_id=app_id, version=version, schema=schema, extra_metadata=extra_metadata
     )
 
@@ -200,7 +185,7 @@ def commit(
     (``SinkSchemaError`` names the columns); ``sink_spec.mode == "overwrite"`` replaces the rows.
     ``schema`` is only needed for an empty iterable of batches.
     """
-    return _module(sink_spec.format).commit(
+    return sink_for(sink_spec.format).commit(
         sink_spec, data, app_id=app_id, version=version, extra_metadata=extra_metadata, schema=schema
     )
 
@@ -209,4 +194,4 @@ def optimize(sink_spec: SinkSpec, **options: Any) -> dict[str, Any]:
     """Compact a sink fed by many small runs. Delta: ``optimize.compact()`` (``vacuum_retention_hours=`` to
     also vacuum). Iceberg: rewrite into ``target_file_rows`` files (``expire_older_than_hours=`` to expire
     snapshots). Parquet: nothing (reported in the result)."""
-    return _module(sink_spec.format).optimize(sink_spec, **options)
+    return sink_for(sink_spec.format).optimize(sink_spec, **options)

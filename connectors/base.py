@@ -71,6 +71,34 @@ class StagedFile:
     stats: str = "{}"
 
 
+@dataclass(frozen=True)
+class Commit:
+    """One commit a sink is asked to make: exactly ``files``, tagged ``(app_id, version)``.
+
+    ``schema`` is the data's Arrow schema (needed to create a table), ``begun`` what ``Sink.begin`` returned
+    when the run started (None when the files were staged and committed separately).
+    """
+
+    app_id: str
+    version: int
+    files: list[StagedFile]
+    schema: pa.Schema | None = None
+    extra_metadata: dict[str, Any] = field(default_factory=dict)
+    begun: Any = None
+
+    @property
+    def key(self) -> str:
+        return commit_key(self.app_id, self.version)
+
+    @property
+    def rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    def properties(self) -> dict[str, Any]:
+        """The metadata recorded with the commit: the key, then ``extra_metadata``."""
+        return {APP_ID_PROP: self.app_id, VERSION_PROP: str(self.version), **self.extra_metadata}
+
+
 def commit_key(app_id: str, version: int) -> str:
     """The deterministic key of one job run: ``app_id@v<version>``."""
     return f"{app_id}@v{version}"

@@ -40,29 +40,24 @@ from gliclass_dist.predicate import Predicate
 from gliclass_dist.spec import InputSpec, SinkSpec
 
 from .base import (
-    APP_ID_PROP,
-    VERSION_PROP,
+    Commit,
     CommitResult,
     SinkData,
     StagedFile,
-    arrow_filter,
     as_predicate,
     as_reader,
     check_compatible,
     check_files_exist,
-    check_key,
     commit_key,
     conform,
-    dedupe_files,
-    delete_files,
     filter_reader,
     plain_schema,
     resolve_fs,
     scan_columns,
-    skip_result,
     with_version,
     write_files,
 )
+from .interface import Sink, Source
 
 logger = logging.getLogger(__name__)
 
@@ -84,27 +79,119 @@ def arrow_schema(table: DeltaTable) -> pa.Schema:
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def read(spec: InputSpec, since_version: int | None = None, columns: Sequence[str] | None = None):
-    """Stream a Delta input (at its latest version, or only rows added after ``since_version``).
+class DeltaSource(Source):
+    """Delta inputs: the latest version, or the rows added after a version (``incremental``)."""
 
-    The schema metadata of the returned reader records the table version read (``source_version``).
-    """
-    if since_version is not None:
-        reader, _ = read_changes(
-            spec.path,
-            since_version,
-            storage_options=spec.storage_options,
-            predicate=spec.predicate,
-            columns=columns,
-        )
-        return reader
-    table = open_table(spec.path, spec.storage_options)
+    incremental = True
+
+    def read(
+        self, spec: InputSpec, *, columns: Sequence[str] | None = None, since_version: int | None = None
+    ) -> pa.RecordBatchReader:
+        """Stream a Delta input (at its latest version, or only rows added after ``since_version``).
+
+        The schema metadata of the returned reader records the table version read (``source_version``).
+        """
+        if since_version is not None:
+            reader, _ = read_changes(
+                spec.path,
+                since_version,
+                storage_options=spec.storage_options,
+                predicate=spec.predicate,
+                columns=columns,
+            )
+            return reader
+        table = open_table(spec.path, spec.storage_options)
+        if table is None:
+            raise FileNotFoundError(f"no Delta table at input.path {spec.path!r}")
+        tree = spec.predicate  # applied in Arrow: delta-rs would parse a predicate string as SQL
+        raw = table.scan(columns=scan_columns(tree, columns))
+        reader = with_version(pa.RecordBatchReader.from_stream(raw), table.version())
+        return filter_reader(reader, tree, columns) if tree else reader
+
+    def version(self, spec: InputSpec) -> int:
+        table = open_table(spec.path, spec.storage_options)
+        if table is None:
+            raise FileNotFoundError(f"no Delta table at input.path {spec.path!r}")
+        return table.version()
+
+
+def schema_at(
+    path: str,
+    version: int | None = None,
+    *,
+    storage_options: dict[str, str] | None = None,
+    columns: Sequence[str] | None = None,
+) -> pa.Schema:
+    """The plain Arrow schema of the table at ``version`` (default: the latest), projected to ``columns``."""
+    table = open_table(path, storage_options, version)
     if table is None:
-        raise FileNotFoundError(f"no Delta table at input.path {spec.path!r}")
-    tree = spec.predicate  # applied in Arrow: delta-rs would parse a predicate string as SQL
-    raw = table.scan(columns=scan_columns(tree, columns))
-    reader = with_version(pa.RecordBatchReader.from_stream(raw), table.version())
-    return filter_reader(reader, tree, columns) if tree else reader
+        raise FileNotFoundError(f"no Delta table at {path!r}")
+    schema = plain_schema(arrow_schema(table))
+    return pa.schema([schema.field(c) for c in columns]) if columns else schema
+
+
+def read_versions(
+    path: str,
+    first: int,
+    last: int,
+    *,
+    storage_options: dict[str, str] | None = None,
+    columns: Sequence[str] | None = None,
+    schema: pa.Schema | None = None,
+) -> pa.RecordBatchReader:
+    """Rows added in the table versions ``first..last`` (both included; none when ``first > last``).
+
+    Inserts and update post-images come from Delta's change data feed; a version the feed cannot start at
+    (the create, a schema change) is read from the data files it added. The reader has ``schema``'s columns
+    and types (default: ``schema_at(path, last, columns=columns)``; a column of ``schema`` the table only
+    gained after ``last`` is null) and no version metadata. Readers over adjacent ranges return the rows of
+    the whole range exactly once (parallel reads).
+    """
+    table = open_table(path, storage_options, last)
+    if table is None:
+        raise FileNotFoundError(f"no Delta table at {path!r}")
+    at_last = plain_schema(arrow_schema(table))
+    if schema is None:
+        schema = pa.schema([at_last.field(c) for c in columns]) if columns else at_last
+    # Columns the table gained after ``last`` cannot hold values in these versions: read the others, add nulls.
+    target = pa.schema([f for f in schema if f.name in at_last.names])
+    parts: list[pa.RecordBatchReader] = []
+    version = first
+    while version <= last:
+        try:
+            feed = table.load_cdf(
+                starting_version=version,
+                ending_version=last,
+                columns=[*target.names, "_change_type"],
+            )
+        except DeltaError as exc:
+            if "change data" not in str(exc):
+                raise
+            logger.info(
+                "delta %s: version %d has no change feed (%s); reading its added files", path, version, exc
+            )
+            parts.append(_added_in_version(path, version, target, storage_options))
+            version += 1
+            continue
+        parts.append(_new_rows(pa.RecordBatchReader.from_stream(feed), target))
+        break
+    return _with_columns_of(pa.RecordBatchReader.from_batches(target, (b for part in parts for b in part)), schema)
+
+
+def _with_columns_of(reader: pa.RecordBatchReader, schema: pa.Schema) -> pa.RecordBatchReader:
+    """``reader`` in ``schema``'s columns and types; the columns it lacks are all null."""
+    if reader.schema.names == schema.names:
+        return reader
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in reader:
+            columns = [
+                batch.column(f.name) if f.name in batch.schema.names else pa.nulls(batch.num_rows, f.type)
+                for f in schema
+            ]
+            yield pa.RecordBatch.from_arrays(columns, schema=schema)
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 def read_changes(
@@ -120,9 +207,9 @@ def read_changes(
 
     ``since_version=None`` reads the whole table (as of ``until_version``). ``until_version`` defaults to the
     latest version, pinned when the call starts, so rows committed later are left for the next run (pass
-    it to split a range over several readers). Deleted rows and update pre-images are not returned.
-    The reader has plain Arrow types and records the last version in its schema metadata. ``predicate``
-    (``input.filter`` text or tree) is applied in Arrow, never handed to delta-rs as SQL text.
+    it to split a range over several readers, or use ``read_versions``). Deleted rows and update pre-images
+    are not returned. The reader has plain Arrow types and records the last version in its schema metadata.
+    ``predicate`` (``input.filter`` text or tree) is applied in Arrow, never handed to delta-rs as SQL text.
     """
     tree = as_predicate(predicate)
     if tree is not None:
@@ -141,31 +228,8 @@ def read_changes(
             f"since_version {since_version} is newer than the table's latest version {latest} at {path!r}: "
             "was the table re-created? Reset the job's committed key to re-read it."
         )
-    target = plain_schema(arrow_schema(table))
-    if columns:
-        target = pa.schema([target.field(c) for c in columns])
-    parts: list[pa.RecordBatchReader] = []
-    version = since_version + 1
-    while version <= latest:
-        try:
-            feed = table.load_cdf(
-                starting_version=version,
-                ending_version=latest,
-                columns=[*target.names, "_change_type"],
-            )
-        except DeltaError as exc:
-            if "change data" not in str(exc):
-                raise
-            logger.info(
-                "delta %s: version %d has no change feed (%s); reading its added files", path, version, exc
-            )
-            parts.append(_added_in_version(path, version, target, storage_options, None))
-            version += 1
-            continue
-        parts.append(_new_rows(pa.RecordBatchReader.from_stream(feed), target))
-        break
     logger.info("delta %s: reading changes of versions %d..%d", path, since_version + 1, latest)
-    changes = pa.RecordBatchReader.from_batches(target, (b for part in parts for b in part))
+    changes = read_versions(path, since_version + 1, latest, storage_options=storage_options, columns=columns)
     return with_version(changes, latest), latest
 
 
@@ -182,7 +246,7 @@ def _new_rows(feed: pa.RecordBatchReader, target: pa.Schema) -> pa.RecordBatchRe
 
 
 def _added_in_version(
-    path: str, version: int, target: pa.Schema, storage_options: dict[str, str] | None, predicate: str | None
+    path: str, version: int, target: pa.Schema, storage_options: dict[str, str] | None
 ) -> pa.RecordBatchReader:
     """Rows of the data files that ``version`` added (for versions the change feed refuses to start at)."""
     now = open_table(path, storage_options, version)
@@ -200,22 +264,10 @@ def _added_in_version(
         ),
         partition_base_dir=resolve_fs(root)[1],
     )
-    scanner = dataset.scanner(filter=arrow_filter(predicate) if predicate else None)
-    return conform(scanner.to_reader(), target)
+    return conform(dataset.scanner().to_reader(), target)
 
 
 # ---------------------------------------------------------------------------------------------- writing
-
-
-def last_committed(sink: SinkSpec, app_id: str) -> int | None:
-    """The version recorded by the app transaction of ``app_id``, or None (also when there is no table)."""
-    table = open_table(sink.path, sink.storage_options)
-    return None if table is None else table.transaction_version(app_id)
-
-
-def table_schema(sink: SinkSpec) -> pa.Schema | None:
-    table = open_table(sink.path, sink.storage_options)
-    return None if table is None else plain_schema(arrow_schema(table))
 
 
 def _file_schema(sink: SinkSpec, data_schema: pa.Schema) -> tuple[pa.Schema, list[str]]:
@@ -236,149 +288,111 @@ def _file_schema(sink: SinkSpec, data_schema: pa.Schema) -> tuple[pa.Schema, lis
     return schema, partitions
 
 
-def stage(sink: SinkSpec, data: SinkData, schema: pa.Schema | None = None) -> list[StagedFile]:
-    """Write ``data`` as parquet files into the table folder (not yet committed); run this on the workers."""
-    reader = as_reader(data, schema)
-    file_schema, partitions = _file_schema(sink, reader.schema)
-    return write_files(
-        conform(reader, file_schema),
-        sink.path,
-        target_file_rows=sink.target_file_rows,
-        partition_by=partitions,
-    )
+class DeltaSink(Sink):
+    """Delta sinks: one Delta commit per run, keyed by the app transaction (see the module docstring)."""
 
-
-def commit_files(
-    sink: SinkSpec,
-    files: Sequence[StagedFile],
-    *,
-    app_id: str,
-    version: int,
-    schema: pa.Schema | None = None,
-    extra_metadata: dict[str, Any] | None = None,
-) -> CommitResult:
-    """One Delta commit adding exactly ``files`` with the app transaction ``(app_id, version)``.
-
-    ``schema`` (the data's) is required when the table does not exist yet. Skipped, and the files deleted,
-    when ``app_id`` already committed ``version`` or later.
-    """
-    check_key(app_id, version)
-    files = dedupe_files(files)
-    where = f"delta {sink.path!r}"
-    properties = CommitProperties(
-        custom_metadata={APP_ID_PROP: app_id, VERSION_PROP: str(version), **(extra_metadata or {})},
-        app_transactions=[Transaction(app_id, version)],
-    )
-    root = resolve_fs(sink.path)[1].rstrip("/") + "/"
-    actions = [
-        AddAction(
-            _relative(f.path, root),
-            f.size,
-            f.partition_values,
-            f.modification_time or _now_ms(),
-            True,
-            f.stats,
-        )
-        for f in files
-    ]
-    based_on = -1  # the table version the commit starts from (-1: the commit creates the table)
-    for attempt in (1, 2):
+    def last_committed(self, sink: SinkSpec, app_id: str) -> int | None:
+        """The version recorded by the app transaction of ``app_id``, or None (also when there is no table)."""
         table = open_table(sink.path, sink.storage_options)
-        based_on = -1 if table is None else table.version()
-        done = None if table is None else table.transaction_version(app_id)
-        if done is not None and done >= version:
-            delete_files(files)
-            return skip_result(app_id, version, done, where)
-        check_files_exist(files)
-        try:
-            if table is None:
-                if schema is None:
-                    raise ValueError(f"{where} does not exist yet: pass schema= to create it")
-                file_schema, partitions = _file_schema(sink, schema)
-                create_table_with_add_actions(
-                    sink.path,
-                    DeltaSchema.from_arrow(file_schema),
-                    actions,
-                    mode="error",
-                    partition_by=partitions or None,
-                    storage_options=sink.storage_options or None,
-                    commit_properties=properties,
-                )
-            else:
-                if schema is not None:
-                    check_compatible(arrow_schema(table), schema, f"delta sink {sink.path!r}")
-                table.create_write_transaction(
-                    actions,
-                    mode=sink.mode,
-                    schema=arrow_schema(table),
-                    partition_by=table.metadata().partition_columns or None,
-                    commit_properties=properties,
-                )
-            break
-        except (CommitFailedError, DeltaError) as exc:
-            # Retry once when a concurrent writer won the race: it may have committed the same key (then the
-            # next pass skips) or created the table first (then the next pass appends to it).
-            raced = isinstance(exc, CommitFailedError) or table is None
-            if attempt == 2 or not raced:
-                raise
-            logger.warning(
-                "%s: commit of %s failed (%s); re-checking", where, commit_key(app_id, version), exc
+        return None if table is None else table.transaction_version(app_id)
+
+    def table_schema(self, sink: SinkSpec) -> pa.Schema | None:
+        table = open_table(sink.path, sink.storage_options)
+        return None if table is None else plain_schema(arrow_schema(table))
+
+    def stage(self, sink: SinkSpec, data: SinkData, schema: pa.Schema | None = None) -> list[StagedFile]:
+        """Write ``data`` as parquet files into the table folder (not yet committed); run this on the workers."""
+        reader = as_reader(data, schema)
+        file_schema, partitions = _file_schema(sink, reader.schema)
+        return write_files(
+            conform(reader, file_schema),
+            sink.path,
+            target_file_rows=sink.target_file_rows,
+            partition_by=partitions,
+        )
+
+    def commit_staged(self, sink: SinkSpec, commit: Commit) -> CommitResult:
+        """One Delta commit adding exactly the files with the app transaction ``(app_id, version)``.
+
+        ``commit.schema`` (the data's) is required when the table does not exist yet.
+        """
+        app_id, version, files, schema = commit.app_id, commit.version, commit.files, commit.schema
+        where = self.describe(sink)
+        properties = CommitProperties(
+            custom_metadata=commit.properties(), app_transactions=[Transaction(app_id, version)]
+        )
+        root = resolve_fs(sink.path)[1].rstrip("/") + "/"
+        actions = [
+            AddAction(
+                _relative(f.path, root),
+                f.size,
+                f.partition_values,
+                f.modification_time or _now_ms(),
+                True,
+                f.stats,
             )
-    written = commit_version(sink.path, app_id, version, after=based_on, storage_options=sink.storage_options)
-    result = CommitResult(
-        committed=True,
-        key=commit_key(app_id, version),
-        table_version=written,
-        rows=sum(f.rows for f in files),
-        files=len(files),
-    )
-    logger.info(
-        "%s: committed %s as table version %s (%d rows, %d files)",
-        where,
-        result.key,
-        written,
-        result.rows,
-        result.files,
-    )
-    return result
+            for f in files
+        ]
+        based_on = -1  # the table version the commit starts from (-1: the commit creates the table)
+        for attempt in (1, 2):
+            table = open_table(sink.path, sink.storage_options)
+            based_on = -1 if table is None else table.version()
+            done = None if table is None else table.transaction_version(app_id)
+            if done is not None and done >= version:
+                return self.skipped(sink, commit, done)
+            check_files_exist(files)
+            try:
+                if table is None:
+                    if schema is None:
+                        raise ValueError(f"{where} does not exist yet: pass schema= to create it")
+                    file_schema, partitions = _file_schema(sink, schema)
+                    create_table_with_add_actions(
+                        sink.path,
+                        DeltaSchema.from_arrow(file_schema),
+                        actions,
+                        mode="error",
+                        partition_by=partitions or None,
+                        storage_options=sink.storage_options or None,
+                        commit_properties=properties,
+                    )
+                else:
+                    if schema is not None:
+                        check_compatible(arrow_schema(table), schema, f"delta sink {sink.path!r}")
+                    table.create_write_transaction(
+                        actions,
+                        mode=sink.mode,
+                        schema=arrow_schema(table),
+                        partition_by=table.metadata().partition_columns or None,
+                        commit_properties=properties,
+                    )
+                break
+            except (CommitFailedError, DeltaError) as exc:
+                # Retry once when a concurrent writer won the race: it may have committed the same key (then the
+                # next pass skips) or created the table first (then the next pass appends to it).
+                raced = isinstance(exc, CommitFailedError) or table is None
+                if attempt == 2 or not raced:
+                    raise
+                logger.warning(
+                    "%s: commit of %s failed (%s); re-checking", where, commit.key, exc
+                )
+        written = commit_version(sink.path, app_id, version, after=based_on, storage_options=sink.storage_options)
+        return self.committed(sink, commit, written)
 
-
-def commit(
-    sink: SinkSpec,
-    data: SinkData,
-    *,
-    app_id: str,
-    version: int,
-    extra_metadata: dict[str, Any] | None = None,
-    schema: pa.Schema | None = None,
-) -> CommitResult:
-    """Write and commit ``data`` in one Delta commit tagged ``(app_id, version)`` (see the module docstring)."""
-    check_key(app_id, version)
-    done = last_committed(sink, app_id)
-    if done is not None and done >= version:
-        return skip_result(app_id, version, done, f"delta {sink.path!r}")
-    reader = as_reader(data, schema)
-    files = stage(sink, reader)
-    return commit_files(
-        sink, files, app_id=app_id, version=version, schema=reader.schema, extra_metadata=extra_metadata
-    )
-
-
-def optimize(sink: SinkSpec, *, vacuum_retention_hours: int | None = None) -> dict[str, Any]:
-    """Compact small files (``optimize.compact``); with ``vacuum_retention_hours``, also delete unreferenced
-    files older than that (never set it below the longest job run: staged files of a running job are
-    unreferenced until its commit)."""
-    table = open_table(sink.path, sink.storage_options)
-    if table is None:
-        raise FileNotFoundError(f"no Delta table at sink.path {sink.path!r}")
-    metrics: dict[str, Any] = {"compact": table.optimize.compact()}
-    if vacuum_retention_hours is not None:
+    def optimize(self, sink: SinkSpec, *, vacuum_retention_hours: int | None = None) -> dict[str, Any]:
+        """Compact small files (``optimize.compact``); with ``vacuum_retention_hours``, also delete unreferenced
+        files older than that (never set it below the longest job run: staged files of a running job are
+        unreferenced until its commit)."""
         table = open_table(sink.path, sink.storage_options)
-        metrics["vacuumed"] = table.vacuum(
-            retention_hours=vacuum_retention_hours, dry_run=False, enforce_retention_duration=False
-        )
-    logger.info("delta %s optimized: %s", sink.path, metrics["compact"])
-    return metrics
+        if table is None:
+            raise FileNotFoundError(f"no Delta table at sink.path {sink.path!r}")
+        metrics: dict[str, Any] = {"compact": table.optimize.compact()}
+        if vacuum_retention_hours is not None:
+            table = open_table(sink.path, sink.storage_options)
+            metrics["vacuumed"] = table.vacuum(
+                retention_hours=vacuum_retention_hours, dry_run=False, enforce_retention_duration=False
+            )
+        logger.info("delta %s optimized: %s", sink.path, metrics["compact"])
+        return metrics
 
 
 def commit_version(

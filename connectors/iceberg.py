@@ -51,24 +51,21 @@ from gliclass_dist.spec import InputSpec, SinkSpec
 from .base import (
     APP_ID_PROP,
     VERSION_PROP,
+    Commit,
     CommitResult,
     SinkData,
     StagedFile,
     as_reader,
     check_compatible,
     check_files_exist,
-    check_key,
-    commit_key,
     conform,
-    dedupe_files,
-    delete_files,
     filter_reader,
     plain_schema,
     scan_columns,
-    skip_result,
     with_version,
     write_files,
 )
+from .interface import Sink, Source
 
 logger = logging.getLogger(__name__)
 
@@ -97,21 +94,26 @@ def arrow_schema(table: Table) -> pa.Schema:
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def read(spec: InputSpec, columns: Sequence[str] | None = None) -> pa.RecordBatchReader:
-    """Stream the table's current snapshot (``filter`` pushed into the scan); the snapshot id is recorded."""
-    table = open_table(spec)
-    if table is None:
-        raise FileNotFoundError(f"no Iceberg table {spec.table!r} in the input catalog")
-    snapshot = table.current_snapshot()
-    tree = spec.predicate  # pushed down where Iceberg has an exact equivalent, then applied in Arrow
-    fields = scan_columns(tree, columns)
-    scan = table.scan(
-        row_filter=to_iceberg(tree) if tree else AlwaysTrue(),
-        selected_fields=tuple(fields) if fields else ("*",),
-        snapshot_id=snapshot.snapshot_id if snapshot else None,
-    )
-    reader = with_version(scan.to_arrow_batch_reader(), snapshot.snapshot_id if snapshot else None)
-    return filter_reader(reader, tree, columns) if tree else reader
+class IcebergSource(Source):
+    """Iceberg inputs: the current snapshot, its id recorded as the version read."""
+
+    def read(
+        self, spec: InputSpec, *, columns: Sequence[str] | None = None, since_version: int | None = None
+    ) -> pa.RecordBatchReader:
+        """Stream the table's current snapshot (``filter`` pushed into the scan); the snapshot id is recorded."""
+        table = open_table(spec)
+        if table is None:
+            raise FileNotFoundError(f"no Iceberg table {spec.table!r} in the input catalog")
+        snapshot = table.current_snapshot()
+        tree = spec.predicate  # pushed down where Iceberg has an exact equivalent, then applied in Arrow
+        fields = scan_columns(tree, columns)
+        scan = table.scan(
+            row_filter=to_iceberg(tree) if tree else AlwaysTrue(),
+            selected_fields=tuple(fields) if fields else ("*",),
+            snapshot_id=snapshot.snapshot_id if snapshot else None,
+        )
+        reader = with_version(scan.to_arrow_batch_reader(), snapshot.snapshot_id if snapshot else None)
+        return filter_reader(reader, tree, columns) if tree else reader
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -127,16 +129,6 @@ def committed_version(table: Table, app_id: str) -> int | None:
         if summary is not None and summary.get(APP_ID_PROP) == app_id and summary.get(VERSION_PROP):
             versions.append(int(summary.get(VERSION_PROP)))
     return max(versions) if versions else None
-
-
-def last_committed(sink: SinkSpec, app_id: str) -> int | None:
-    table = open_table(sink)
-    return None if table is None else committed_version(table, app_id)
-
-
-def table_schema(sink: SinkSpec) -> pa.Schema | None:
-    table = open_table(sink)
-    return None if table is None else plain_schema(arrow_schema(table))
 
 
 def ensure_table(sink: SinkSpec, schema: pa.Schema) -> Table:
@@ -167,124 +159,92 @@ def _data_dir(table: Table) -> str:
     return table.properties.get("write.data.path", table.location().rstrip("/") + "/data")
 
 
-def stage(sink: SinkSpec, data: SinkData, schema: pa.Schema | None = None) -> list[StagedFile]:
-    """Write ``data`` as parquet files under the table's data folder (not yet committed); run on the workers."""
-    reader = as_reader(data, schema)
-    table = ensure_table(sink, reader.schema)
-    # The data's own (plain) types in the table's column order: files must not carry Iceberg field ids.
-    plain = plain_schema(reader.schema)
-    file_schema = pa.schema([plain.field(name) for name in arrow_schema(table).names])
-    return write_files(conform(reader, file_schema), _data_dir(table), target_file_rows=sink.target_file_rows)
+class IcebergSink(Sink):
+    """Iceberg sinks: one catalog commit per run, keyed by a table property (see the module docstring)."""
 
+    def describe(self, sink: SinkSpec) -> str:
+        return f"iceberg {sink.table!r}"
 
-def commit_files(
-    sink: SinkSpec,
-    files: Sequence[StagedFile],
-    *,
-    app_id: str,
-    version: int,
-    schema: pa.Schema | None = None,
-    extra_metadata: dict[str, Any] | None = None,
-) -> CommitResult:
-    """One catalog commit adding exactly ``files``, tagged ``(app_id, version)`` (see the module docstring)."""
-    check_key(app_id, version)
-    files = dedupe_files(files)
-    where = f"iceberg {sink.table!r}"
-    properties = {APP_ID_PROP: app_id, VERSION_PROP: str(version)}
-    properties.update({k: str(v) for k, v in (extra_metadata or {}).items()})
-    for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
-        table = ensure_table(sink, schema) if schema is not None else open_table(sink)
-        if table is None:
-            raise ValueError(f"{where} does not exist yet: pass schema= to create it")
-        done = committed_version(table, app_id)
-        if done is not None and done >= version:
-            delete_files(files)
-            return skip_result(app_id, version, done, where)
-        check_files_exist(files)
-        try:
-            tx = _without_client_retries(table).transaction()
-            if sink.mode == "overwrite":
-                tx.delete(AlwaysTrue(), snapshot_properties=properties)
-            tx.add_files([f.path for f in files], snapshot_properties=properties)
-            tx.set_properties({COMMIT_PROP_PREFIX + app_id: str(version)})
-            committed = tx.commit_transaction()  # the table as THIS commit left it (the catalog's answer)
-            break
-        except CommitFailedException as exc:
-            if attempt == MAX_COMMIT_ATTEMPTS:
-                raise
-            logger.warning(
-                "%s: commit of %s conflicted (%s); re-checking", where, commit_key(app_id, version), exc
-            )
-            time.sleep(random.uniform(0.05, 0.2) * attempt)
-    snapshot = _snapshot_of(committed, app_id, version)
-    result = CommitResult(
-        committed=True,
-        key=commit_key(app_id, version),
-        table_version=snapshot,
-        rows=sum(f.rows for f in files),
-        files=len(files),
-    )
-    logger.info(
-        "%s: committed %s as snapshot %s (%d rows, %d files)",
-        where,
-        result.key,
-        snapshot,
-        result.rows,
-        result.files,
-    )
-    return result
+    def prepare(self, sink: SinkSpec, schema: pa.Schema) -> None:
+        """Check ``schema`` against the table, creating the table (and its namespace) if there is none yet."""
+        ensure_table(sink, schema)
 
-
-def commit(
-    sink: SinkSpec,
-    data: SinkData,
-    *,
-    app_id: str,
-    version: int,
-    extra_metadata: dict[str, Any] | None = None,
-    schema: pa.Schema | None = None,
-) -> CommitResult:
-    """Write and commit ``data`` in one catalog commit tagged ``(app_id, version)``."""
-    check_key(app_id, version)
-    done = last_committed(sink, app_id)
-    if done is not None and done >= version:
-        return skip_result(app_id, version, done, f"iceberg {sink.table!r}")
-    reader = as_reader(data, schema)
-    files = stage(sink, reader)
-    return commit_files(
-        sink, files, app_id=app_id, version=version, schema=reader.schema, extra_metadata=extra_metadata
-    )
-
-
-def optimize(sink: SinkSpec, *, expire_older_than_hours: float | None = None) -> dict[str, Any]:
-    """Rewrite the current snapshot into ``target_file_rows``-sized files in one commit (pyiceberg 0.12 has no
-    compaction of its own); the commit fails instead of losing rows if another writer committed meanwhile.
-    With ``expire_older_than_hours``, also expire older snapshots (their files stay until an orphan clean-up).
-    """
-    table = open_table(sink)
-    if table is None:
-        raise FileNotFoundError(f"no Iceberg table {sink.table!r}")
-    snapshot = table.current_snapshot()
-    data_files = table.inspect.files()
-    rows = sum(data_files.column("record_count").to_pylist()) if len(data_files) else 0
-    metrics: dict[str, Any] = {"files_before": len(data_files), "files_after": len(data_files)}
-    if snapshot is not None and len(data_files) > math.ceil(rows / sink.target_file_rows):
-        reader = table.scan(snapshot_id=snapshot.snapshot_id).to_arrow_batch_reader()
-        file_schema = plain_schema(reader.schema).remove_metadata()  # no field ids in the files
-        files = write_files(
-            conform(reader, file_schema), _data_dir(table), target_file_rows=sink.target_file_rows
-        )
-        properties = {"gliclass.operation": "optimize"}
-        with table.transaction() as tx:
-            tx.delete(AlwaysTrue(), snapshot_properties=properties)
-            tx.add_files([f.path for f in files], snapshot_properties=properties)
-        metrics["files_after"] = len(files)
-    if expire_older_than_hours is not None:
+    def last_committed(self, sink: SinkSpec, app_id: str) -> int | None:
         table = open_table(sink)
-        cutoff = datetime.now(UTC) - timedelta(hours=expire_older_than_hours)
-        table.maintenance.expire_snapshots().older_than(cutoff).commit()
-    logger.info("iceberg %s optimized: %s", sink.table, metrics)
-    return metrics
+        return None if table is None else committed_version(table, app_id)
+
+    def table_schema(self, sink: SinkSpec) -> pa.Schema | None:
+        table = open_table(sink)
+        return None if table is None else plain_schema(arrow_schema(table))
+
+    def stage(self, sink: SinkSpec, data: SinkData, schema: pa.Schema | None = None) -> list[StagedFile]:
+        """Write ``data`` as parquet files under the table's data folder (not yet committed); run on the workers."""
+        reader = as_reader(data, schema)
+        table = ensure_table(sink, reader.schema)
+        # The data's own (plain) types in the table's column order: files must not carry Iceberg field ids.
+        plain = plain_schema(reader.schema)
+        file_schema = pa.schema([plain.field(name) for name in arrow_schema(table).names])
+        return write_files(conform(reader, file_schema), _data_dir(table), target_file_rows=sink.target_file_rows)
+
+    def commit_staged(self, sink: SinkSpec, commit: Commit) -> CommitResult:
+        """One catalog commit adding exactly the files, tagged ``(app_id, version)`` (see the module docstring)."""
+        app_id, version, files, schema = commit.app_id, commit.version, commit.files, commit.schema
+        where = self.describe(sink)
+        properties = {k: str(v) for k, v in commit.properties().items()}
+        for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
+            table = ensure_table(sink, schema) if schema is not None else open_table(sink)
+            if table is None:
+                raise ValueError(f"{where} does not exist yet: pass schema= to create it")
+            done = committed_version(table, app_id)
+            if done is not None and done >= version:
+                return self.skipped(sink, commit, done)
+            check_files_exist(files)
+            try:
+                tx = _without_client_retries(table).transaction()
+                if sink.mode == "overwrite":
+                    tx.delete(AlwaysTrue(), snapshot_properties=properties)
+                tx.add_files([f.path for f in files], snapshot_properties=properties)
+                tx.set_properties({COMMIT_PROP_PREFIX + app_id: str(version)})
+                committed = tx.commit_transaction()  # the table as THIS commit left it (the catalog's answer)
+                break
+            except CommitFailedException as exc:
+                if attempt == MAX_COMMIT_ATTEMPTS:
+                    raise
+                logger.warning(
+                    "%s: commit of %s conflicted (%s); re-checking", where, commit.key, exc
+                )
+                time.sleep(random.uniform(0.05, 0.2) * attempt)
+        return self.committed(sink, commit, _snapshot_of(committed, app_id, version))
+
+    def optimize(self, sink: SinkSpec, *, expire_older_than_hours: float | None = None) -> dict[str, Any]:
+        """Rewrite the current snapshot into ``target_file_rows``-sized files in one commit (pyiceberg 0.12 has no
+        compaction of its own); the commit fails instead of losing rows if another writer committed meanwhile.
+        With ``expire_older_than_hours``, also expire older snapshots (their files stay until an orphan clean-up).
+        """
+        table = open_table(sink)
+        if table is None:
+            raise FileNotFoundError(f"no Iceberg table {sink.table!r}")
+        snapshot = table.current_snapshot()
+        data_files = table.inspect.files()
+        rows = sum(data_files.column("record_count").to_pylist()) if len(data_files) else 0
+        metrics: dict[str, Any] = {"files_before": len(data_files), "files_after": len(data_files)}
+        if snapshot is not None and len(data_files) > math.ceil(rows / sink.target_file_rows):
+            reader = table.scan(snapshot_id=snapshot.snapshot_id).to_arrow_batch_reader()
+            file_schema = plain_schema(reader.schema).remove_metadata()  # no field ids in the files
+            files = write_files(
+                conform(reader, file_schema), _data_dir(table), target_file_rows=sink.target_file_rows
+            )
+            properties = {"gliclass.operation": "optimize"}
+            with table.transaction() as tx:
+                tx.delete(AlwaysTrue(), snapshot_properties=properties)
+                tx.add_files([f.path for f in files], snapshot_properties=properties)
+            metrics["files_after"] = len(files)
+        if expire_older_than_hours is not None:
+            table = open_table(sink)
+            cutoff = datetime.now(UTC) - timedelta(hours=expire_older_than_hours)
+            table.maintenance.expire_snapshots().older_than(cutoff).commit()
+        logger.info("iceberg %s optimized: %s", sink.table, metrics)
+        return metrics
 
 
 def _without_client_retries(table: Table) -> Table:

@@ -48,6 +48,7 @@ from gliclass_dist.spec import InputSpec, SinkSpec
 from .base import (
     APP_ID_PROP,
     VERSION_PROP,
+    Commit,
     CommitResult,
     SinkData,
     StagedFile,
@@ -55,17 +56,14 @@ from .base import (
     as_reader,
     check_compatible,
     check_files_exist,
-    check_key,
-    commit_key,
     conform,
-    dedupe_files,
-    delete_files,
     plain_schema,
     resolve_fs,
     skip_result,
     with_version,
     write_files,
 )
+from .interface import Sink, Source
 
 logger = logging.getLogger(__name__)
 
@@ -78,15 +76,20 @@ FILE_FORMATS = {"parquet": "parquet", "csv": "csv", "jsonl": "json"}
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def read(spec: InputSpec, columns: Sequence[str] | None = None) -> pa.RecordBatchReader:
-    """Stream a parquet/csv/jsonl file or folder (hive partition folders become columns), ``filter`` applied."""
-    filesystem, path = resolve_fs(spec.path)
-    dataset = ds.dataset(path, format=FILE_FORMATS[spec.format], filesystem=filesystem, partitioning="hive")
-    scanner = dataset.scanner(
-        columns=list(columns) if columns else None,
-        filter=arrow_filter(spec.filter) if spec.filter else None,
-    )
-    return with_version(scanner.to_reader(), None)
+class FileSource(Source):
+    """Parquet, csv and jsonl files or folders (no versions)."""
+
+    def read(
+        self, spec: InputSpec, *, columns: Sequence[str] | None = None, since_version: int | None = None
+    ) -> pa.RecordBatchReader:
+        """Stream a parquet/csv/jsonl file or folder (hive partition folders become columns), ``filter`` applied."""
+        filesystem, path = resolve_fs(spec.path)
+        dataset = ds.dataset(path, format=FILE_FORMATS[spec.format], filesystem=filesystem, partitioning="hive")
+        scanner = dataset.scanner(
+            columns=list(columns) if columns else None,
+            filter=arrow_filter(spec.filter) if spec.filter else None,
+        )
+        return with_version(scanner.to_reader(), None)
 
 
 # ---------------------------------------------------------------------------------------------- the sink
@@ -117,20 +120,6 @@ def _commits(sink: SinkSpec) -> list[tuple[str, dict[str, Any]]]:
     return sorted(found, key=lambda item: item[1].get("committed_at", 0))
 
 
-def last_committed(sink: SinkSpec, app_id: str) -> int | None:
-    """The highest version ``app_id`` committed into the folder, or None."""
-    versions = [m["version"] for _, m in _commits(sink) if m.get(APP_ID_PROP) == app_id]
-    return max(versions) if versions else None
-
-
-def table_schema(sink: SinkSpec) -> pa.Schema | None:
-    """The schema of the latest committed run (stored in its marker), or None."""
-    for _, marker in reversed(_commits(sink)):
-        if marker.get("schema"):
-            return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(marker["schema"])))
-    return None
-
-
 def _committed_names(sink: SinkSpec) -> set[str]:
     """The names of the committed folders now (what an overwrite beginning now will replace)."""
     return {folder.rstrip("/").rsplit("/", 1)[-1] for folder, _ in _commits(sink)}
@@ -138,131 +127,6 @@ def _committed_names(sink: SinkSpec) -> set[str]:
 
 def _files_dir(sink: SinkSpec) -> str:
     return f"{resolve_fs(sink.path)[1].rstrip('/')}/{STAGING}/files"
-
-
-def stage(sink: SinkSpec, data: SinkData, schema: pa.Schema | None = None) -> list[StagedFile]:
-    """Write ``data`` as parquet files under ``_staging/`` (invisible to readers); run this on the workers."""
-    seen = _committed_names(sink) if sink.mode == "overwrite" else None  # before any work: the begin
-    reader = as_reader(data, schema)
-    existing = table_schema(sink)
-    if existing is not None:
-        check_compatible(existing, reader.schema, f"parquet sink {sink.path!r}")
-        reader = conform(reader, existing)
-    else:
-        reader = conform(reader, plain_schema(reader.schema))
-    base = f"{_files_dir(sink)}/{uuid.uuid4().hex}"  # one folder per stage call, removed at commit
-    if "://" in sink.path:
-        base = sink.path.split("://", 1)[0] + "://" + base
-    files = write_files(reader, base, target_file_rows=sink.target_file_rows, partition_by=sink.partition_by)
-    if seen is not None and files:
-        filesystem, inner = resolve_fs(base)
-        with filesystem.open_output_stream(f"{inner}/{SEEN}") as stream:
-            stream.write(json.dumps(sorted(seen)).encode())
-    return files
-
-
-def commit_files(
-    sink: SinkSpec,
-    files: Sequence[StagedFile],
-    *,
-    app_id: str,
-    version: int,
-    schema: pa.Schema | None = None,
-    extra_metadata: dict[str, Any] | None = None,
-) -> CommitResult:
-    """Move exactly ``files`` into the key-named folder of ``(app_id, version)`` in one rename.
-
-    With ``mode: overwrite``, the runs committed when the first staging call of ``files`` started are
-    replaced (see the module docstring).
-    """
-    return _commit_files(
-        sink, files, app_id=app_id, version=version, schema=schema, extra_metadata=extra_metadata
-    )
-
-
-def _commit_files(
-    sink: SinkSpec,
-    files: Sequence[StagedFile],
-    *,
-    app_id: str,
-    version: int,
-    schema: pa.Schema | None = None,
-    extra_metadata: dict[str, Any] | None = None,
-    seen: set[str] | None = None,
-) -> CommitResult:
-    """``commit_files``; ``seen``: the committed folders when the run began (else taken from the staging)."""
-    check_key(app_id, version)
-    files = dedupe_files(files)
-    where = f"parquet {sink.path!r}"
-    done = last_committed(sink, app_id)
-    if done is not None and done >= version:
-        delete_files(files)
-        return skip_result(app_id, version, done, where)
-    existing = table_schema(sink)
-    if schema is not None and existing is not None:
-        check_compatible(existing, schema, f"parquet sink {sink.path!r}")
-    stored_schema = schema if schema is not None else existing
-    check_files_exist(files)
-    filesystem, root = resolve_fs(sink.path)
-    root = root.rstrip("/")
-    files_dir = _files_dir(sink) + "/"
-    relative, call_dirs = [], set()
-    for f in files:
-        inner = resolve_fs(f.path)[1]
-        if not inner.startswith(files_dir) or "/" not in inner[len(files_dir) :]:
-            raise ValueError(f"staged file {f.path!r} is not under the sink's staging folder {files_dir!r}")
-        call_dir, rel = inner[len(files_dir) :].split("/", 1)
-        call_dirs.add(files_dir + call_dir)
-    replaces = None
-    if sink.mode == "overwrite":
-        replaces = seen if seen is not None else _seen_when_staged(filesystem, sorted(call_dirs))
-        if replaces is None:  # nothing staged: the overwrite begins now
-            replaces = _committed_names(sink)
-    assembly = f"{root}/{STAGING}/commit-{uuid.uuid4().hex}"
-    filesystem.create_dir(assembly)
-    for f in files:
-        inner = resolve_fs(f.path)[1]
-        rel = inner[len(files_dir) :].split("/", 1)[1]
-        if "/" in rel:
-            filesystem.create_dir(f"{assembly}/{rel.rsplit('/', 1)[0]}")
-        filesystem.move(inner, f"{assembly}/{rel}")
-        relative.append(rel)
-    marker = {
-        APP_ID_PROP: app_id,
-        "version": version,
-        VERSION_PROP: str(version),
-        "mode": sink.mode,
-        "rows": sum(f.rows for f in files),
-        "files": relative,
-        "committed_at": time.time(),
-        "schema": base64.b64encode(stored_schema.serialize().to_pybytes()).decode()
-        if stored_schema
-        else None,
-        "metadata": extra_metadata or {},
-    }
-    if replaces is not None:
-        marker["replaces"] = sorted(replaces)
-    with filesystem.open_output_stream(f"{assembly}/{MARKER}") as stream:
-        stream.write(json.dumps(marker, default=str).encode())
-    target = f"{root}/{folder_name(app_id, version)}"
-    try:
-        filesystem.move(assembly, target)  # the commit point
-    except OSError:
-        if filesystem.get_file_info(f"{target}/{MARKER}").type == pafs.FileType.File:
-            filesystem.delete_dir(assembly)
-            return skip_result(app_id, version, version, f"{where} (committed concurrently)")
-        raise
-    for folder in call_dirs:  # now only empty partition folders are left in them
-        filesystem.delete_dir(folder)
-    if replaces:
-        _empty_commits(filesystem, root, replaces - {folder_name(app_id, version)})
-    result = CommitResult(
-        committed=True, key=commit_key(app_id, version), rows=marker["rows"], files=len(files)
-    )
-    logger.info(
-        "%s: committed %s into %s (%d rows, %d files)", where, result.key, target, result.rows, result.files
-    )
-    return result
 
 
 def _seen_when_staged(filesystem: pafs.FileSystem, call_dirs: Sequence[str]) -> set[str] | None:
@@ -291,35 +155,117 @@ def _empty_commits(filesystem: pafs.FileSystem, root: str, names: set[str]) -> N
                 filesystem.delete_file(entry.path)
 
 
-def commit(
-    sink: SinkSpec,
-    data: SinkData,
-    *,
-    app_id: str,
-    version: int,
-    extra_metadata: dict[str, Any] | None = None,
-    schema: pa.Schema | None = None,
-) -> CommitResult:
-    """Write ``data`` and commit it as the folder of ``(app_id, version)`` (see the module docstring)."""
-    check_key(app_id, version)
-    seen = _committed_names(sink) if sink.mode == "overwrite" else None  # the run begins here
-    done = last_committed(sink, app_id)
-    if done is not None and done >= version:
-        return skip_result(app_id, version, done, f"parquet {sink.path!r}")
-    reader = as_reader(data, schema)
-    files = stage(sink, reader)
-    return _commit_files(
-        sink,
-        files,
-        app_id=app_id,
-        version=version,
-        schema=plain_schema(reader.schema),
-        extra_metadata=extra_metadata,
-        seen=seen,
-    )
+class ParquetSink(Sink):
+    """Parquet folder sinks: one key-named folder per run, renamed into place (see the module docstring)."""
 
+    def last_committed(self, sink: SinkSpec, app_id: str) -> int | None:
+        """The highest version ``app_id`` committed into the folder, or None."""
+        versions = [m["version"] for _, m in _commits(sink) if m.get(APP_ID_PROP) == app_id]
+        return max(versions) if versions else None
 
-def optimize(sink: SinkSpec, **_: Any) -> dict[str, Any]:
-    """Parquet folders have no compaction here (rewriting committed folders would break their markers)."""
-    logger.info("parquet sink %s: no compaction for parquet folders; use a Delta or Iceberg sink", sink.path)
-    return {"compacted": False, "reason": "parquet sinks are not compacted"}
+    def table_schema(self, sink: SinkSpec) -> pa.Schema | None:
+        """The schema of the latest committed run (stored in its marker), or None."""
+        for _, marker in reversed(_commits(sink)):
+            if marker.get("schema"):
+                return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(marker["schema"])))
+        return None
+
+    def stage(self, sink: SinkSpec, data: SinkData, schema: pa.Schema | None = None) -> list[StagedFile]:
+        """Write ``data`` as parquet files under ``_staging/`` (invisible to readers); run this on the workers."""
+        seen = self.begin(sink)  # before any work: an overwrite begins at its first staging call
+        reader = as_reader(data, schema)
+        existing = self.table_schema(sink)
+        if existing is not None:
+            check_compatible(existing, reader.schema, f"parquet sink {sink.path!r}")
+            reader = conform(reader, existing)
+        else:
+            reader = conform(reader, plain_schema(reader.schema))
+        base = f"{_files_dir(sink)}/{uuid.uuid4().hex}"  # one folder per stage call, removed at commit
+        if "://" in sink.path:
+            base = sink.path.split("://", 1)[0] + "://" + base
+        files = write_files(reader, base, target_file_rows=sink.target_file_rows, partition_by=sink.partition_by)
+        if seen is not None and files:
+            filesystem, inner = resolve_fs(base)
+            with filesystem.open_output_stream(f"{inner}/{SEEN}") as stream:
+                stream.write(json.dumps(sorted(seen)).encode())
+        return files
+
+    def begin(self, sink: SinkSpec) -> set[str] | None:
+        """An overwrite begins here: the committed folders it will replace (None for appends)."""
+        return _committed_names(sink) if sink.mode == "overwrite" else None
+
+    def commit_staged(self, sink: SinkSpec, commit: Commit) -> CommitResult:
+        """Move exactly the files into the key-named folder of ``(app_id, version)`` in one rename.
+
+        With ``mode: overwrite``, the runs committed when the run began are replaced: ``commit.begun`` (from
+        ``begin``), else what the first staging call of the files saw (see the module docstring).
+        """
+        app_id, version, files, schema = commit.app_id, commit.version, commit.files, commit.schema
+        where = self.describe(sink)
+        done = self.last_committed(sink, app_id)
+        if done is not None and done >= version:
+            return self.skipped(sink, commit, done)
+        existing = self.table_schema(sink)
+        if schema is not None and existing is not None:
+            check_compatible(existing, schema, f"parquet sink {sink.path!r}")
+        stored_schema = schema if schema is not None else existing
+        check_files_exist(files)
+        filesystem, root = resolve_fs(sink.path)
+        root = root.rstrip("/")
+        files_dir = _files_dir(sink) + "/"
+        relative, call_dirs = [], set()
+        for f in files:
+            inner = resolve_fs(f.path)[1]
+            if not inner.startswith(files_dir) or "/" not in inner[len(files_dir) :]:
+                raise ValueError(f"staged file {f.path!r} is not under the sink's staging folder {files_dir!r}")
+            call_dir, rel = inner[len(files_dir) :].split("/", 1)
+            call_dirs.add(files_dir + call_dir)
+        replaces = None
+        if sink.mode == "overwrite":
+            replaces = commit.begun if commit.begun is not None else _seen_when_staged(filesystem, sorted(call_dirs))
+            if replaces is None:  # nothing staged: the overwrite begins now
+                replaces = _committed_names(sink)
+        assembly = f"{root}/{STAGING}/commit-{uuid.uuid4().hex}"
+        filesystem.create_dir(assembly)
+        for f in files:
+            inner = resolve_fs(f.path)[1]
+            rel = inner[len(files_dir) :].split("/", 1)[1]
+            if "/" in rel:
+                filesystem.create_dir(f"{assembly}/{rel.rsplit('/', 1)[0]}")
+            filesystem.move(inner, f"{assembly}/{rel}")
+            relative.append(rel)
+        marker = {
+            APP_ID_PROP: app_id,
+            "version": version,
+            VERSION_PROP: str(version),
+            "mode": sink.mode,
+            "rows": commit.rows,
+            "files": relative,
+            "committed_at": time.time(),
+            "schema": base64.b64encode(stored_schema.serialize().to_pybytes()).decode()
+            if stored_schema
+            else None,
+            "metadata": commit.extra_metadata,
+        }
+        if replaces is not None:
+            marker["replaces"] = sorted(replaces)
+        with filesystem.open_output_stream(f"{assembly}/{MARKER}") as stream:
+            stream.write(json.dumps(marker, default=str).encode())
+        target = f"{root}/{folder_name(app_id, version)}"
+        try:
+            filesystem.move(assembly, target)  # the commit point
+        except OSError:
+            if filesystem.get_file_info(f"{target}/{MARKER}").type == pafs.FileType.File:
+                filesystem.delete_dir(assembly)
+                return skip_result(app_id, version, version, f"{where} (committed concurrently)")
+            raise
+        for folder in call_dirs:  # now only empty partition folders are left in them
+            filesystem.delete_dir(folder)
+        if replaces:
+            _empty_commits(filesystem, root, replaces - {folder_name(app_id, version)})
+        return self.committed(sink, commit)
+
+    def optimize(self, sink: SinkSpec, **_: Any) -> dict[str, Any]:
+        """Parquet folders have no compaction here (rewriting committed folders would break their markers)."""
+        logger.info("parquet sink %s: no compaction for parquet folders; use a Delta or Iceberg sink", sink.path)
+        return {"compacted": False, "reason": "parquet sinks are not compacted"}
