@@ -23,37 +23,34 @@ import logging
 import math
 import os
 import time
-import unicodedata
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# OpenMP threads that spin while waiting make a CPU engine 2-3x slower wherever the cores are shared
-# (Ray/Spark workers on one node, busy hosts): measured in bench/NOTES.md. The policy is read once, when
-# torch loads its OpenMP runtime, so it only takes effect here if nothing imported torch earlier; job
-# launchers should set it in the worker environment too. An explicit setting always wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np
+import pyarrow as pa
+import torch
 
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import torch  # noqa: E402
-
-from gliclass_dist.labels import (  # noqa: E402
+from gliclass_dist.encode import (  # has_content, prepare_rows, text_values: re-exported (__all__)
+    EncodedBatch,
+    encode_arrow,
+    has_content,
+    prepare_rows,
+    text_values,
+)
+from gliclass_dist.labels import (
     LabelSpec,
     Mode,
-    check_examples,
     check_mode,
-    check_prompt,
     check_threshold,
-    clean_row_labels,
     validate_fixed_labels,
 )
-from gliclass_dist.model.inputs import EncodedRow, InputBuilder, LabelTooLongError, scrub_text  # noqa: E402
-from gliclass_dist.model.loading import load_model, load_tokenizer, resolve_model_ref  # noqa: E402
-from gliclass_dist.model.modeling import GLiClassModel  # noqa: E402
-from gliclass_dist.schema import SCORE_TYPE, Status, output_schema  # noqa: E402
+from gliclass_dist.model.inputs import EncodedRow, InputBuilder
+from gliclass_dist.model.loading import load_model, load_tokenizer, resolve_model_ref
+from gliclass_dist.model.modeling import GLiClassModel
+from gliclass_dist.schema import SCORE_TYPE, Status, output_schema
 
 logger = logging.getLogger(__name__)
 
@@ -393,6 +390,17 @@ class Classifier:
         examples: Sequence[Mapping[str, Any]] | None,
     ) -> list[Prediction]:
         statuses, encoded = prepare_rows(self.builder, texts, row_labels, prompt, examples)
+        return self._predict(statuses, encoded, mode, threshold, per_label)
+
+    def _predict(
+        self,
+        statuses: Sequence[str],
+        encoded: Sequence[EncodedRow | None],
+        mode: Mode,
+        threshold: float,
+        per_label: Mapping[str, float],
+    ) -> list[Prediction]:
+        """One prediction per row: encoded rows scored, the others keep their status."""
         preds = [Prediction(status=status) for status in statuses]
         scorable = [(i, row) for i, row in enumerate(encoded) if row is not None]
         logits = self.score_encoded([row for _, row in scorable])
@@ -401,10 +409,24 @@ class Classifier:
                 preds[i].status = Status.error(f"{type(row_logits).__name__}: {row_logits}")
                 continue
             fill_prediction(preds[i], row.labels, row_logits, mode, threshold, per_label, row.truncated)
-        self.stats["rows"] += len(texts)
+        self.stats["rows"] += len(preds)
         return preds
 
     # -- Arrow API -----------------------------------------------------------------------------
+    def score_arrow(self, encoded: EncodedBatch | pa.Table | pa.RecordBatch, spec: LabelSpec) -> pa.Table:
+        """The scoring step: encoded rows (``gliclass_dist.encode``) -> the kept columns + the result columns.
+
+        ``encoded`` is an ``EncodedBatch`` or its Arrow form (``EncodedBatch.to_arrow``, e.g. from Ray's
+        tokenize stage). ``spec`` gives the mode, thresholds and label set id; one row out per row in.
+        """
+        if not isinstance(encoded, EncodedBatch):
+            encoded = EncodedBatch.from_arrow(encoded)
+        preds = self._predict(encoded.statuses, encoded.rows, spec.mode, spec.threshold, spec.thresholds)
+        results = predictions_to_arrow(preds, self.model_name, spec.label_set_id)
+        kept = encoded.kept
+        schema = output_schema(kept.schema, kept.column_names)
+        return pa.Table.from_arrays(kept.columns + results.columns, schema=schema)
+
     def classify_arrow(
         self,
         data: pa.Table | pa.RecordBatch,
@@ -414,79 +436,12 @@ class Classifier:
         keep: Sequence[str] = (),
         examples: Sequence[Mapping[str, Any]] | None = None,
     ) -> pa.Table:
-        """Classify an Arrow table/batch; returns ``keep`` columns + results, one row per input row."""
-        if isinstance(data, pa.RecordBatch):
-            data = pa.Table.from_batches([data])
-        schema = output_schema(data.schema, keep)
-        if text_column not in data.column_names:
-            raise KeyError(f"text column {text_column!r} is not in the input (columns: {data.column_names})")
-        texts = text_values(data.column(text_column))
-        if spec.column is not None:
-            if spec.column not in data.column_names:
-                raise KeyError(f"label column {spec.column!r} is not in the input (columns: {data.column_names})")
-            row_labels = data.column(spec.column).to_pylist()
-        else:
-            row_labels = [spec.fixed] * data.num_rows
-        preds = self._classify_rows(texts, row_labels, spec.mode, spec.threshold, spec.thresholds, spec.prompt, examples)
-        results = predictions_to_arrow(preds, self.model_name, spec.label_set_id)
-        columns = [data.column(name) for name in keep] + results.columns
-        return pa.Table.from_arrays(columns, schema=schema)
+        """Classify an Arrow table/batch; returns ``keep`` columns + results, one row per input row.
 
-
-def has_content(text: str) -> bool:
-    """Whether a text has anything to read: a character that is not whitespace, a control or format
-    character (zero-width, bidi marks), once GLiClass marker strings are removed."""
-    if text.strip() and not text.isspace():
-        first = text.lstrip()[0]
-        if unicodedata.category(first)[0] not in "CZ" and first not in "<":
-            return True  # the common case, decided on the first character
-    return any(unicodedata.category(c)[0] not in "CZ" for c in scrub_text(text))
-
-
-def prepare_rows(
-    builder: InputBuilder,
-    texts: Sequence[Any],
-    row_labels: Sequence[Any],
-    prompt: str | None = None,
-    examples: Sequence[Mapping[str, Any]] | None = None,
-) -> tuple[list[str], list[EncodedRow | None]]:
-    """Per row: its status so far and its encoded model input (None when the row is not scored).
-
-    The row checks every front end shares: null/blank text, non-string text, malformed, empty or
-    cleaned label lists, and labels too long for the window. Ray runs this in a separate CPU stage.
-    A prompt or an example holding a marker string raises ``ValueError`` (see ``check_prompt``).
-    """
-    check_prompt(prompt)
-    check_examples(examples)
-    statuses = [Status.OK] * len(texts)
-    encoded: list[EncodedRow | None] = [None] * len(texts)
-    todo: list[int] = []
-    todo_labels: list[list[str]] = []
-    for i, (text, raw_labels) in enumerate(zip(texts, row_labels)):
-        if text is None or (isinstance(text, str) and not has_content(text)):
-            statuses[i] = Status.EMPTY_TEXT
-            continue
-        if not isinstance(text, str):
-            statuses[i] = Status.INVALID_TEXT
-            continue
-        cleaned, was_cleaned = clean_row_labels(raw_labels)
-        if cleaned is None:
-            statuses[i] = Status.INVALID_LABELS
-            continue
-        if not cleaned:
-            statuses[i] = Status.NO_LABELS
-            continue
-        if was_cleaned:
-            statuses[i] = Status.LABELS_CLEANED
-        todo.append(i)
-        todo_labels.append(cleaned)
-    rows = builder.encode([texts[i] for i in todo], todo_labels, prompt, examples) if todo else []
-    for i, row in zip(todo, rows):
-        if isinstance(row, LabelTooLongError):
-            statuses[i] = Status.error(str(row))
-        else:
-            encoded[i] = row
-    return statuses, encoded
+        The encoding step (``gliclass_dist.encode.encode_arrow``) then the scoring step (``score_arrow``).
+        """
+        encoded = encode_arrow(data, self.builder, spec, text_column=text_column, keep=keep, examples=examples)
+        return self.score_arrow(encoded, spec)
 
 
 def fill_prediction(
@@ -520,20 +475,6 @@ def fill_prediction(
         pred.labels = [lb for lb, p in zip(labels, probs) if p >= per_label.get(lb, threshold)]
     if truncated and pred.status == Status.OK:
         pred.status = Status.TRUNCATED
-
-
-def text_values(column: pa.ChunkedArray | pa.Array) -> list[Any]:
-    """Python values of a text column; non-string columns become per-row ``invalid_text`` markers."""
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
-        return column.to_pylist()
-    if pa.types.is_null(column.type):
-        return [None] * len(column)
-    # binary, numbers, structs...: keep nulls as nulls (empty_text), everything else is invalid
-    return [None if v is None else _NotText() for v in column.to_pylist()]
-
-
-class _NotText:
-    """Marker for a value that is not a string (the engine records ``invalid_text``)."""
 
 
 def predictions_to_arrow(preds: Sequence[Prediction], model_name: str, label_set: str) -> pa.Table:
@@ -595,6 +536,7 @@ __all__ = [
     "Prediction",
     "default_token_budget",
     "fill_prediction",
+    "text_values",
     "has_content",
     "prepare_rows",
     "expected_padding_ratio",

@@ -5,8 +5,10 @@ once (in ``__init__``) from a checkpoint folder resolved on the driver, then tur
 Arrow batches in the output schema (``gliclass_dist.schema.output_schema``), one row per input row.
 
 With ``tokenize_batch`` as an earlier stage (plain Ray tasks on CPUs), the model actors receive token ids
-instead of text: the CPU work of tokenizing no longer holds a GPU actor. The two halves reproduce the
-engine's ``classify_arrow`` exactly (same statuses, same scores); ``tests/test_ray_job.py`` checks it.
+instead of text: the CPU work of tokenizing no longer holds a GPU actor. The two stages are the engine's
+two steps (``gliclass_dist.encode.encode_arrow``, then ``Classifier.score_arrow``), which ``classify_arrow``
+composes, so they give exactly its statuses and scores; ``tests/test_ray_job.py`` checks it. Importing this
+module loads neither the engine nor torch; the model actor applies ``configure_worker`` before it does.
 
 Metrics (``ray.util.metrics``, exported by Ray's metrics agent): ``gliclass_rows`` (tag ``status``),
 ``gliclass_batches`` and the histogram ``gliclass_batch_seconds``.
@@ -25,29 +27,20 @@ import tempfile
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+# The encoded columns the tokenize stage adds (and the model stage removes) are the encode module's.
+from gliclass_dist.encode import ENCODED_COLUMNS, encode_arrow, is_encoded
+from gliclass_dist.encode import load_builder as load_checkpoint_builder
 from gliclass_dist.labels import LabelSpec
-from gliclass_dist.model.inputs import EncodedRow, InputBuilder
-from gliclass_dist.schema import Status, output_schema
+from gliclass_dist.worker import configure_worker
+
+if TYPE_CHECKING:
+    from gliclass_dist.model.inputs import InputBuilder
 
 logger = logging.getLogger(__name__)
-
-# Columns the tokenize stage adds (and the model stage removes). A row with a null ``chunks`` value is
-# not scored: its ``pre_status`` is final. Otherwise ``pre_status`` is ``ok`` or ``labels_cleaned``.
-ENCODED_PREFIX = "__gliclass_"
-PRE_STATUS = ENCODED_PREFIX + "pre_status"
-CHUNKS = ENCODED_PREFIX + "chunks"
-CHUNK_LABELS = ENCODED_PREFIX + "chunk_labels"
-TRUNCATED = ENCODED_PREFIX + "truncated"
-ENCODED_FIELDS = (
-    pa.field(PRE_STATUS, pa.string()),
-    pa.field(CHUNKS, pa.list_(pa.list_(pa.int32()))),
-    pa.field(CHUNK_LABELS, pa.list_(pa.list_(pa.string()))),
-    pa.field(TRUNCATED, pa.bool_()),
-)
 
 FAULT_AFTER_ENV = "GLICLASS_FAULT_AFTER_BATCHES"
 FAULT_MARKER_ENV = "GLICLASS_FAULT_MARKER"
@@ -85,11 +78,7 @@ def load_builder(
     model_path: str, max_length: int | None, model_ref: str | None = None, revision: str | None = None
 ) -> InputBuilder:
     """The checkpoint's input builder (tokenizer + config, no weights), once per worker process."""
-    from gliclass_dist.model.loading import load_config, load_tokenizer
-
-    path = local_model_path(model_path, model_ref, revision)
-    config = load_config(Path(path))
-    return InputBuilder(load_tokenizer(path, config), config, max_length)
+    return load_checkpoint_builder(local_model_path(model_path, model_ref, revision), max_length)
 
 
 def tokenize_batch(
@@ -103,33 +92,11 @@ def tokenize_batch(
     model_ref: str | None = None,
     revision: str | None = None,
 ) -> pa.Table:
-    """CPU stage: ``keep`` columns plus the encoded rows (token id chunks, their labels, status so far)."""
-    from gliclass_dist.engine import text_values
-
-    batch = _as_table(batch)
-    if text_column not in batch.column_names:
-        raise KeyError(f"text column {text_column!r} is not in the input (columns: {batch.column_names})")
-    texts = text_values(batch.column(text_column))
-    if label_spec.column is not None:
-        if label_spec.column not in batch.column_names:
-            raise KeyError(f"label column {label_spec.column!r} is not in the input (columns: {batch.column_names})")
-        row_labels = batch.column(label_spec.column).to_pylist()
-    else:
-        row_labels = [label_spec.fixed] * batch.num_rows
-    from gliclass_dist.engine import prepare_rows
-
+    """CPU stage, the engine's encoding step: ``keep`` columns plus the encoded rows (``EncodedBatch.to_arrow``)."""
+    configure_worker()
     builder = load_builder(model_path, max_length, model_ref, revision)
-    statuses, encoded = prepare_rows(builder, texts, row_labels, label_spec.prompt)
-    columns = {name: batch.column(name) for name in keep}
-    columns[PRE_STATUS] = pa.array(statuses, pa.string())
-    columns[CHUNKS] = pa.array([row.chunks if row else None for row in encoded], ENCODED_FIELDS[1].type)
-    columns[CHUNK_LABELS] = pa.array([row.chunk_labels if row else None for row in encoded], ENCODED_FIELDS[2].type)
-    columns[TRUNCATED] = pa.array([row.truncated if row else False for row in encoded], pa.bool_())
-    return pa.table(columns)
-
-
-def is_encoded(schema: pa.Schema) -> bool:
-    return schema.get_field_index(CHUNKS) >= 0
+    encoded = encode_arrow(_as_table(batch), builder, label_spec, text_column=text_column, keep=keep)
+    return encoded.to_arrow()
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -154,6 +121,7 @@ class GLiClassPredictor:
         token_budget: int | None = None,
         allow_pickle: bool = False,
     ) -> None:
+        configure_worker()  # before the engine's first torch import in this actor
         from gliclass_dist.engine import Classifier
 
         configure_worker_logging()
@@ -184,7 +152,7 @@ class GLiClassPredictor:
         started = time.perf_counter()
         batch = _as_table(batch)
         if is_encoded(batch.schema):
-            result = self._score_encoded(batch)
+            result = self.classifier.score_arrow(batch.select([*self.keep, *ENCODED_COLUMNS]), self.label_spec)
         else:
             result = self.classifier.classify_arrow(batch, self.label_spec, text_column=self.text_column, keep=self.keep)
         if result.num_rows != batch.num_rows:  # the engine's contract; never land a partial batch
@@ -193,28 +161,6 @@ class GLiClassPredictor:
         self._metrics.record(result, time.perf_counter() - started)
         self._maybe_fault()
         return result
-
-    def _score_encoded(self, batch: pa.Table) -> pa.Table:
-        from gliclass_dist.engine import Prediction, fill_prediction, predictions_to_arrow
-
-        spec = self.label_spec
-        statuses = batch.column(PRE_STATUS).to_pylist()
-        chunks = batch.column(CHUNKS).to_pylist()
-        chunk_labels = batch.column(CHUNK_LABELS).to_pylist()
-        truncated = batch.column(TRUNCATED).to_pylist()
-        preds = [Prediction(status=status) for status in statuses]
-        scored = [i for i, c in enumerate(chunks) if c is not None]
-        rows = [EncodedRow(chunks=chunks[i], chunk_labels=chunk_labels[i], truncated=truncated[i]) for i in scored]
-        logits = self.classifier.score_encoded(rows)
-        for i, row, row_logits in zip(scored, rows, logits):
-            if isinstance(row_logits, Exception):
-                preds[i].status = Status.error(f"{type(row_logits).__name__}: {row_logits}")
-                continue
-            fill_prediction(preds[i], row.labels, row_logits, spec.mode, spec.threshold, spec.thresholds, row.truncated)
-        self.classifier.stats["rows"] += len(preds)
-        results = predictions_to_arrow(preds, self.classifier.model_name, spec.label_set_id)
-        schema = output_schema(batch.schema, self.keep)
-        return pa.Table.from_arrays([batch.column(name) for name in self.keep] + results.columns, schema=schema)
 
     def _maybe_fault(self) -> None:
         if not self._fault_after or self.batches < self._fault_after:

@@ -45,6 +45,7 @@ import pyarrow.compute as pc
 
 from gliclass_dist.labels import LabelSpec
 from gliclass_dist.schema import RESULT_COLUMNS, RESULT_SCHEMA, output_schema
+from gliclass_dist.worker import configure_worker
 
 if TYPE_CHECKING:
     from pyspark.resource import ResourceProfile
@@ -182,11 +183,11 @@ def get_classifier(options: ModelOptions) -> Classifier:
         clf = _CLASSIFIERS.get(key)
         if clf is not None:
             return clf
+        cpus = _task_cpus()
+        # before the engine's first torch import in this worker; one worker per task slot: the task's cores
+        configure_worker(max_threads=cpus if cpus and not device.startswith("cuda") else None)
         from gliclass_dist.engine import Classifier
 
-        cpus = _task_cpus()
-        if cpus and not device.startswith("cuda"):
-            _limit_torch_threads(cpus)
         started = time.perf_counter()
         path = resolve_model_path(options)
         clf = Classifier.from_pretrained(
@@ -202,15 +203,6 @@ def get_classifier(options: ModelOptions) -> Classifier:
         _CLASSIFIERS[key] = clf
         _record_load(options, device, gpus, time.perf_counter() - started, clf)
         return clf
-
-
-def _limit_torch_threads(cpus: int) -> None:
-    """One worker per task slot: give torch the task's cores, not the machine's (avoids oversubscription)."""
-    import torch
-
-    if torch.get_num_threads() > cpus:
-        logger.info("limiting torch to %d thread(s) (spark.task.cpus) in worker %d", cpus, os.getpid())
-        torch.set_num_threads(cpus)
 
 
 def _record_load(options: ModelOptions, device: str, gpus: list[str], seconds: float, clf: Classifier) -> None:
