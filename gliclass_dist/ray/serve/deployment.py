@@ -3,6 +3,7 @@ batching settings) and the application builder ``build_app``."""
 
 import asyncio
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from gliclass_dist.ray.serve.schemas import (
     json_safe_errors,
 )
 from gliclass_dist.ray.serve.settings import BatchingConfig, ServeArgs
+from gliclass_dist.worker import OMP_WAIT_POLICY, configure_worker
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ class GLiClassDeployment:
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = ServeArgs.model_validate(settings)
         threads = self.settings.torch_threads or max(1, int(self.settings.num_cpus or 1))
-        torch.set_num_threads(threads)
+        configure_worker(threads=threads)
         self.token = read_token(self.settings.token_file, self.settings.token_env)
         if self.settings.require_auth and not self.token:
             raise RuntimeError(
@@ -283,7 +285,9 @@ def build_app(args: dict[str, Any]) -> Application:
             "token_file": str(Path(settings.token_file).expanduser().resolve()) if settings.token_file else None,
         }
     )
-    actor_options: dict[str, Any] = {"num_cpus": settings.num_cpus}
+    # the wait policy must be in the replica's environment before its process loads torch (gliclass_dist.worker)
+    env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", OMP_WAIT_POLICY)}
+    actor_options: dict[str, Any] = {"num_cpus": settings.num_cpus, "runtime_env": {"env_vars": env}}
     if settings.num_gpus:
         actor_options["num_gpus"] = settings.num_gpus
     options: dict[str, Any] = {
