@@ -325,8 +325,12 @@ def classify_file(args: argparse.Namespace) -> int:
         except (KeyError, ValueError) as exc:
             raise CliError(f"--keep: {one_line(exc)}") from None
 
+        from gliclass_dist.worker import configure_worker
+
+        configure_worker()  # the OpenMP wait policy, before torch loads
         from gliclass_dist.engine import Classifier  # imports torch: only once the checks above passed
         from gliclass_dist.model.loading import CheckpointError
+        from gliclass_dist.run import status_counts
 
         try:
             clf = Classifier.from_pretrained(
@@ -355,7 +359,7 @@ def classify_file(args: argparse.Namespace) -> int:
                             if writer is None:
                                 writer = pq.ParquetWriter(tmp, out.schema)
                             writer.write_table(out)
-                            statuses.update(out.column("status").to_pylist())
+                            statuses.update(status_counts(out))
                             rows += batch.num_rows
                             bar.update(batch.num_rows)
                     if writer is None:  # empty input: still write the schema

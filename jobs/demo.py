@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.chdir(ROOT)  # data/, models/ and lakehouse/ live in the checkout
     from gliclass_dist.demo_data import BBC_TOPICS
-    from gliclass_dist.ray.job import ensure_ray, format_summary, run_job
+    from gliclass_dist.ray.job import ensure_ray, run_job
+    from gliclass_dist.run import format_summary
     from gliclass_dist.spec import JobSpec
 
     started = time.perf_counter()

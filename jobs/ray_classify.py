@@ -10,8 +10,6 @@ Exit codes: 0 done (also when the job key was already committed: nothing written
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -21,8 +19,6 @@ if str(ROOT) not in sys.path:  # run from a checkout or a Ray job's working dir 
     sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-logger = logging.getLogger("gliclass_dist.jobs.ray_classify")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,25 +35,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    from gliclass_dist.spec import JobSpec, SpecError
+    from gliclass_dist.run import format_summary, load_job_spec, write_summary_json
 
-    try:
-        spec = JobSpec.from_yaml(args.spec, args.overrides)
-    except SpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    spec = load_job_spec(args.spec, args.overrides, verbose=args.verbose)
+    if spec is None:
         return 2
-    from gliclass_dist.ray.job import format_summary, run_job
+    from gliclass_dist.ray.job import run_job
 
-    logger.info("job %s (key %s): %s %s -> %s %s", spec.name, spec.job_key, spec.input.format,
-                spec.input.path or spec.input.table, spec.sink.format, spec.sink.path or spec.sink.table)
     summary = run_job(spec, ray_address=args.address, count_input=not args.no_count)
     print(format_summary(summary), flush=True)
-    if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    write_summary_json(summary, args.summary_json)
     return 0
 
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray.data
 from ray.data import Datasink, Datasource, ReadTask
 from ray.data.block import BlockAccessor, BlockMetadata
@@ -27,6 +26,7 @@ from ray.data.block import BlockAccessor, BlockMetadata
 from gliclass_dist import connectors
 from gliclass_dist.connectors import CommitResult, StagedFile
 from gliclass_dist.predicate import Predicate
+from gliclass_dist.run import merge_counts, status_counts
 from gliclass_dist.spec import InputSpec, SinkSpec
 
 logger = logging.getLogger(__name__)
@@ -128,9 +128,6 @@ class DeltaChangesDatasource(Datasource):
         storage_options: dict[str, str] | None = None,
         columns: Sequence[str] | None = None,
     ) -> None:
-        from gliclass_dist.connectors.base import plain_schema
-        from gliclass_dist.connectors.delta import arrow_schema, open_table
-
         super().__init__()
         if since_version > until_version:
             raise ValueError(
@@ -141,11 +138,12 @@ class DeltaChangesDatasource(Datasource):
         self.since_version = since_version
         self.until_version = until_version
         self.storage_options = dict(storage_options or {})
-        table = open_table(path, self.storage_options, until_version)
-        if table is None:
-            raise FileNotFoundError(f"no Delta table at input.path {path!r}")
-        schema = plain_schema(arrow_schema(table))
-        self.schema = pa.schema([schema.field(c) for c in columns]) if columns else schema
+        from gliclass_dist.connectors.delta import schema_at
+
+        try:
+            self.schema = schema_at(path, until_version, storage_options=self.storage_options, columns=columns)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no Delta table at input.path {path!r}") from None
 
     def get_name(self) -> str:
         return "DeltaChanges"
@@ -175,38 +173,16 @@ class DeltaChangesDatasource(Datasource):
 
 
 def _version_range_reader(path: str, first: int, last: int, storage_options: dict[str, str], target: pa.Schema):
+    """A read task's function: the rows added in versions ``first..last``, as tables of ``target``."""
+
     def read() -> Iterator[pa.Table]:
-        for batch in read_delta_versions(path, first, last, storage_options=storage_options, target=target):
+        from gliclass_dist.connectors.delta import read_versions
+
+        for batch in read_versions(path, first, last, storage_options=storage_options, schema=target):
             if batch.num_rows:
                 yield pa.Table.from_batches([batch], schema=target)
 
     return read
-
-
-def read_delta_versions(
-    path: str, first: int, last: int, *, storage_options: dict[str, str] | None, target: pa.Schema
-) -> Iterator[pa.RecordBatch]:
-    """Rows added in Delta versions ``first..last`` (inclusive), in ``target``'s columns and types."""
-    from deltalake.exceptions import DeltaError
-
-    # The connectors' own per-version pieces (see the report: connectors.delta.read_changes has no upper bound,
-    # so a Ray read task cannot pin its range through it).
-    from gliclass_dist.connectors.delta import _added_in_version, _new_rows, open_table
-
-    table = open_table(path, storage_options)
-    version = first
-    while version <= last:
-        try:
-            feed = table.load_cdf(starting_version=version, ending_version=last,
-                                  columns=[*target.names, "_change_type"])
-        except DeltaError as exc:
-            if "change data" not in str(exc):
-                raise
-            yield from _added_in_version(path, version, target, storage_options, None)
-            version += 1
-            continue
-        yield from _new_rows(pa.RecordBatchReader.from_stream(feed), target)
-        return
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -219,21 +195,6 @@ class StagedPart:
     files: list[StagedFile] = field(default_factory=list)
     rows: int = 0
     status_counts: dict[str, int] = field(default_factory=dict)
-
-
-def status_counts(table: pa.Table) -> dict[str, int]:
-    """Rows per ``status`` value of a result table."""
-    if table.num_rows == 0:
-        return {}
-    return {str(item["values"]): int(item["counts"]) for item in pc.value_counts(table.column("status")).to_pylist()}
-
-
-def merge_counts(parts: Sequence[dict[str, int]]) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for counts in parts:
-        for key, value in counts.items():
-            total[key] = total.get(key, 0) + value
-    return dict(sorted(total.items()))
 
 
 class StagedCommitDatasink(Datasink):

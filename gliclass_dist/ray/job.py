@@ -1,15 +1,14 @@
 """Classification jobs on Ray Data: read -> tokenize (CPU tasks) -> model (actor pool) -> stage + ONE commit.
 
 ``classify_dataset(ds, spec)`` adds the stages to any Ray ``Dataset``; ``run_job(spec)`` runs a whole job
-and returns its summary::
+and returns its summary (``gliclass_dist.run.RunSummary.to_dict``)::
 
     {"job_key": ..., "commit_key": "name-1a2b@v0", "committed": True, "table_version": 3,
      "rows_in": 2225, "rows_out": 2225, "status_counts": {"ok": 2225}, "rows_per_s": 61.2, ...}
 
-Exactly once. A run is keyed by ``(spec.job_key, version)``: ``version`` is 0 for a plain run, and the
-input table version for an incremental Delta run. Before any work the driver asks the sink whether the key
-is committed (then the run does nothing and says so); the write tasks stage parquet files and the driver
-commits their list in one commit tagged with the key (``gliclass_dist.ray.io.StagedCommitDatasink``).
+Exactly once. The run is planned by ``gliclass_dist.run.plan_run`` (its key, the input version read, a skip
+when the key is already committed); the write tasks stage parquet files and the driver commits their list
+in one commit tagged with the key (``gliclass_dist.ray.io.StagedCommitDatasink``).
 Model actors that die are restarted by Ray Data (actor pools default to ``max_restarts=-1`` and
 ``max_task_retries=-1``; passing these through ``map_batches`` is deprecated in Ray 2.60) and their
 batches retried: classification is at-least-once, landing exactly once.
@@ -33,26 +32,16 @@ import ray.data
 from gliclass_dist import connectors
 from gliclass_dist.connectors.base import plain_schema
 from gliclass_dist.model.loading import resolve_model_ref
-from gliclass_dist.ray.io import (
-    StagedCommitDatasink,
-    apply_filter,
-    merge_counts,
-    read_input,
-)
+from gliclass_dist.ray.io import StagedCommitDatasink, apply_filter, read_input
 from gliclass_dist.ray.predictor import FAULT_AFTER_ENV, FAULT_MARKER_ENV, GLiClassPredictor, tokenize_batch
+from gliclass_dist.run import RunSummary, input_columns, merge_counts, model_display_name, plan_run
 from gliclass_dist.schema import output_schema
 from gliclass_dist.spec import JobSpec
+from gliclass_dist.worker import OMP_WAIT_POLICY
 
 logger = logging.getLogger(__name__)
 
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "HF_HUB_CACHE", FAULT_AFTER_ENV, FAULT_MARKER_ENV)
-INPUT_VERSION_PROP = "gliclass.input_version"
-
-
-def model_display_name(ref: str) -> str:
-    """What the ``model`` column says: the folder name of a local checkpoint, else the hub id."""
-    path = Path(ref).expanduser()
-    return path.resolve().name if path.exists() else ref
 
 
 def worker_env(threads: float) -> dict[str, str]:
@@ -60,22 +49,17 @@ def worker_env(threads: float) -> dict[str, str]:
 
     ``TOKENIZERS_PARALLELISM``: the Rust tokenizer's own thread pool only where a worker owns several CPUs;
     with one CPU per worker, Ray already runs one worker per core and extra threads would oversubscribe.
-    Hub settings and the fault hook (tests) are forwarded from the driver.
+    ``OMP_WAIT_POLICY``: passive unless the driver sets one (``gliclass_dist.worker``). Hub settings and the
+    fault hook (tests) are forwarded from the driver.
     """
-    env = {"TOKENIZERS_PARALLELISM": "true" if threads >= 2 else "false"}
+    env = {
+        "TOKENIZERS_PARALLELISM": "true" if threads >= 2 else "false",
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", OMP_WAIT_POLICY),  # before the worker loads torch
+    }
     for name in FORWARDED_ENV:
         if os.environ.get(name):
             env[name] = os.environ[name]
     return env
-
-
-def input_columns(spec: JobSpec) -> list[str]:
-    """The input columns a job reads: kept columns, the text, the per-row labels."""
-    cols = list(spec.keep_columns)
-    for extra in (spec.input.text_column, spec.labels.column):
-        if extra and extra not in cols:
-            cols.append(extra)
-    return cols
 
 
 def classify_dataset(ds: Any, spec: JobSpec, *, model_path: str | os.PathLike[str] | None = None) -> Any:
@@ -174,26 +158,6 @@ def ensure_ray(address: str | None = None) -> None:
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
 
 
-def _skipped(spec: JobSpec, version: int, reason: str, input_version: int | None, started: float) -> dict[str, Any]:
-    logger.info("nothing to do: %s", reason)
-    return {
-        "job_key": spec.job_key,
-        "commit_key": connectors.commit_key(spec.job_key, version),
-        "committed": False,
-        "skipped_reason": reason,
-        "table_version": None,
-        "input_version": input_version,
-        "rows_in": 0,
-        "rows_out": 0,
-        "status_counts": {},
-        "files": 0,
-        "rows_per_s": 0.0,
-        "elapsed_s": round(time.perf_counter() - started, 3),
-        "sink": spec.sink.path or spec.sink.table,
-        "model": model_display_name(spec.model.ref),
-    }
-
-
 def run_job(spec: JobSpec, *, ray_address: str | None = None, count_input: bool = True) -> dict[str, Any]:
     """Run a whole job: read, classify, land exactly once. Returns the summary (see the module docstring).
 
@@ -202,31 +166,16 @@ def run_job(spec: JobSpec, *, ray_address: str | None = None, count_input: bool 
     """
     started = time.perf_counter()
     ensure_ray(ray_address)
-    app_id = spec.job_key
-    since: int | None = None
-    input_version: int | None = None
-    if spec.input.format == "delta":
-        input_version = connectors.input_version(spec.input)
-    if spec.input.incremental:
-        since = connectors.last_committed(spec.sink, app_id)
-        version = int(input_version)  # type: ignore[arg-type]
-        if since is not None and input_version <= since:  # type: ignore[operator]
-            reason = f"input {spec.input.path!r} has no version after {since}, the last one this job committed"
-            return _skipped(spec, since, reason, input_version, started)
-        logger.info("incremental run over input versions %s..%d",
-                    "0" if since is None else since + 1, input_version)
-    else:
-        version = 0
-        done = connectors.last_committed(spec.sink, app_id)
-        if done is not None:
-            reason = f"job key {app_id!r} is already committed to {spec.sink.path or spec.sink.table!r}"
-            return _skipped(spec, version, reason, input_version, started)
+    plan = plan_run(spec)
+    summary = RunSummary.for_run(spec, plan, engine="ray")
+    if plan.skipped:
+        return summary.finish(started).to_dict()
 
     model_path = resolve_model_ref(spec.model.ref, spec.model.revision)
     logger.info("model %s resolved on the driver to %s", spec.model.ref, model_path)
 
     columns = input_columns(spec)
-    raw = read_input(spec.input, since_version=since, until_version=input_version, columns=columns)
+    raw = read_input(spec.input, since_version=plan.since_version, until_version=plan.input_version, columns=columns)
     in_schema = raw.schema(fetch_if_missing=True)
     in_schema = plain_schema(in_schema.base_schema if hasattr(in_schema, "base_schema") else in_schema)
     missing = [c for c in columns if in_schema.get_field_index(c) < 0]
@@ -240,55 +189,21 @@ def run_job(spec: JobSpec, *, ray_address: str | None = None, count_input: bool 
     if count_input:
         rows_in = ds.count()
         logger.info("input: %d rows", rows_in)
-    extra = {"gliclass.model": model_display_name(spec.model.ref), "gliclass.job": spec.name}
-    if input_version is not None:
-        extra[INPUT_VERSION_PROP] = str(input_version)
-    sink = StagedCommitDatasink(spec.sink, out_schema, app_id=app_id, version=version, extra_metadata=extra)
+    sink = StagedCommitDatasink(
+        spec.sink, out_schema, app_id=plan.job_key, version=plan.version,
+        extra_metadata=plan.commit_metadata(summary.model, spec.name),
+    )
     classify_started = time.perf_counter()
     classify_dataset(ds, spec, model_path=model_path).write_datasink(sink)
     seconds = time.perf_counter() - classify_started
-    result = sink.result
-    if result is None:  # Ray returned without calling on_write_complete: nothing was committed
-        raise RuntimeError(f"the write to {spec.sink.path or spec.sink.table!r} ended without a commit")
-    rows_out = sum(p.rows for p in sink.parts)
-    counts = merge_counts([p.status_counts for p in sink.parts])
-    summary = {
-        "job_key": app_id,
-        "commit_key": result.key,
-        "committed": result.committed,
-        "skipped_reason": result.skipped_reason,
-        "table_version": result.table_version,
-        "input_version": input_version,
-        "rows_in": rows_out if rows_in is None else rows_in,
-        "rows_out": rows_out,
-        "status_counts": counts,
-        "files": result.files,
-        "rows_per_s": round(rows_out / seconds, 2) if seconds > 0 else 0.0,
-        "classify_s": round(seconds, 3),
-        "elapsed_s": round(time.perf_counter() - started, 3),
-        "sink": spec.sink.path or spec.sink.table,
-        "model": model_display_name(spec.model.ref),
-    }
-    if rows_in is not None and rows_in != rows_out:
-        logger.error("rows in (%d) != rows out (%d): the input changed during the run, or rows were lost or "
-                     "duplicated", rows_in, rows_out)
-    logger.info("job %s done: %s", app_id, summary)
-    return summary
+    if sink.result is None:  # Ray returned without calling on_write_complete: nothing was committed
+        raise RuntimeError(f"the write to {summary.sink!r} ended without a commit")
+    summary.landed(
+        sink.result, rows=sum(p.rows for p in sink.parts), status_counts=merge_counts(p.status_counts for p in sink.parts),
+        classify_s=seconds, rows_in=rows_in,
+    ).finish(started)
+    logger.info("job %s done: %s", plan.job_key, summary)
+    return summary.to_dict()
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    """A few human lines for a job summary."""
-    lines = [
-        f"job {summary['job_key']} -> {summary['sink']}",
-        f"  committed: {summary['committed']} ({summary['commit_key']}, table version {summary['table_version']})",
-    ]
-    if summary.get("skipped_reason"):
-        lines.append(f"  skipped: {summary['skipped_reason']}")
-    lines.append(f"  rows in: {summary['rows_in']}  rows out: {summary['rows_out']}  files: {summary['files']}")
-    if summary["status_counts"]:
-        lines.append("  rows per status: " + ", ".join(f"{k}={v}" for k, v in summary["status_counts"].items()))
-    lines.append(f"  throughput: {summary['rows_per_s']} rows/s (total {summary['elapsed_s']} s)")
-    return "\n".join(lines)
-
-
-__all__ = ["classify_dataset", "ensure_ray", "format_summary", "run_job"]
+__all__ = ["classify_dataset", "ensure_ray", "run_job"]

@@ -1,6 +1,7 @@
 """Batch classification jobs on Spark: read -> classify (``mapInArrow``) -> stage files -> ONE driver commit.
 
-``run_job(spark, spec)`` runs a whole job from a ``JobSpec`` and returns the same summary as the Ray job::
+``run_job(spark, spec)`` runs a whole job from a ``JobSpec`` and returns the same summary as the Ray job
+(``gliclass_dist.run.RunSummary.to_dict``, with Spark's ``writer``/``tasks``/``task_gpus`` fields)::
 
     {"job_key": ..., "commit_key": "name-1a2b@v0", "committed": True, "table_version": 3,
      "rows_in": 2225, "rows_out": 2225, "status_counts": {"ok": 2225}, "rows_per_s": 61.2, ...}
@@ -15,9 +16,8 @@ parquet reader; incremental Delta runs and Iceberg inputs are read through ``gli
 the driver and handed to Spark as Arrow (fine for increments and modest tables; put the Iceberg Spark
 runtime on the classpath and read ``spark.table(...)`` yourself for large ones).
 
-Writing, exactly once. A run is keyed by ``(spec.job_key, version)``: ``version`` is 0 for a plain run and
-the input table version for an incremental Delta run (as in the Ray job). Before any work the driver asks
-the sink whether the key is committed (then the run does nothing and says so).
+Writing, exactly once. The run is planned by ``gliclass_dist.run.plan_run``, as in the Ray job: keyed by
+``(spec.job_key, version)``, skipped before any work when the key is already committed.
 
 - Delta with the Delta jars (``--delta-writer spark``/``auto``): Spark's own Delta writer with
   ``txnAppId``/``txnVersion`` set to the key, the same app transaction the connectors read back.
@@ -35,12 +35,9 @@ import argparse
 import json
 import logging
 import os
-import sys
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -48,6 +45,15 @@ import pyarrow as pa
 from gliclass_dist import connectors
 from gliclass_dist.connectors import CommitResult, StagedFile
 from gliclass_dist.predicate import to_spark
+from gliclass_dist.run import (
+    RunSummary,
+    format_summary,
+    input_columns,
+    load_job_spec,
+    merge_counts,
+    plan_run,
+    write_summary_json,
+)
 from gliclass_dist.spark.resources import profile_for_resources
 from gliclass_dist.spark.udf import (
     ClassifyConfig,
@@ -69,7 +75,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-INPUT_VERSION_PROP = "gliclass.input_version"
 STAGE_ROW_FIELDS = [
     ("partition", pa.int32()),
     ("attempt", pa.int32()),
@@ -103,15 +108,6 @@ def jvm_class_available(spark: SparkSession, name: str) -> bool:
 def delta_spark_available(spark: SparkSession) -> bool:
     """Whether Spark's own Delta source (delta-spark jars) is on the classpath."""
     return jvm_class_available(spark, "io.delta.tables.DeltaTable")
-
-
-def input_columns(spec: JobSpec) -> list[str]:
-    """The input columns a job reads: kept columns, the text, the per-row labels."""
-    cols = list(spec.keep_columns)
-    for extra in (spec.input.text_column, spec.labels.column):
-        if extra and extra not in cols:
-            cols.append(extra)
-    return cols
 
 
 def _arrow_to_spark(spark: SparkSession, reader: pa.RecordBatchReader, where: str) -> DataFrame:
@@ -193,14 +189,14 @@ class StagedParts:
     @classmethod
     def from_rows(cls, rows: Sequence[Any]) -> StagedParts:
         parts = cls()
-        counts: Counter[str] = Counter()
+        counts: list[dict[str, int]] = []
         for row in rows:
             record = row.asDict() if hasattr(row, "asDict") else dict(row)
             parts.files.extend(StagedFile(**f) for f in json.loads(record["files"]))
             parts.rows += int(record["rows"])
-            counts.update(json.loads(record["status_counts"]))
+            counts.append(json.loads(record["status_counts"]))
             parts.tasks.append({k: v for k, v in record.items() if k not in ("files", "status_counts")})
-        parts.status_counts = dict(sorted(counts.items()))
+        parts.status_counts = merge_counts(counts)
         return parts
 
 
@@ -319,35 +315,6 @@ def write_delta_spark(
 # ---------------------------------------------------------------------------------------------- the job
 
 
-def model_display_name(ref: str) -> str:
-    """What the ``model`` column says: the folder name of a local checkpoint, else the hub id."""
-    path = Path(ref).expanduser()
-    return path.resolve().name if path.exists() else ref
-
-
-def _summary(spec: JobSpec, version: int, input_version: int | None, started: float, **values: Any) -> dict[str, Any]:
-    summary = {
-        "job_key": spec.job_key,
-        "commit_key": connectors.commit_key(spec.job_key, version),
-        "committed": False,
-        "skipped_reason": None,
-        "table_version": None,
-        "input_version": input_version,
-        "rows_in": 0,
-        "rows_out": 0,
-        "status_counts": {},
-        "files": 0,
-        "rows_per_s": 0.0,
-        "elapsed_s": 0.0,
-        "sink": spec.sink.path or spec.sink.table,
-        "model": model_display_name(spec.model.ref),
-        "engine": "spark",
-    }
-    summary.update(values)
-    summary["elapsed_s"] = round(time.perf_counter() - started, 3)
-    return summary
-
-
 def run_job(
     spark: SparkSession,
     spec: JobSpec,
@@ -365,32 +332,17 @@ def run_job(
     ``delta-rs``. ``ship``: distribute the model folder with ``addArchive`` (default: when not in local mode).
     """
     started = time.perf_counter()
-    app_id = spec.job_key
-    since: int | None = None
-    input_version: int | None = None
-    if spec.input.format == "delta":
-        input_version = connectors.input_version(spec.input)
-    if spec.input.incremental:
-        since = connectors.last_committed(spec.sink, app_id)
-        version = int(input_version)  # type: ignore[arg-type]
-        if since is not None and input_version <= since:  # type: ignore[operator]
-            reason = f"input {spec.input.path!r} has no version after {since}, the last one this job committed"
-            logger.info("nothing to do: %s", reason)
-            return _summary(spec, since, input_version, started, skipped_reason=reason)
-    else:
-        version = 0
-        done = connectors.last_committed(spec.sink, app_id)
-        if done is not None:
-            reason = f"job key {app_id!r} is already committed to {spec.sink.path or spec.sink.table!r}"
-            logger.info("nothing to do: %s", reason)
-            return _summary(spec, version, input_version, started, skipped_reason=reason)
+    plan = plan_run(spec)
+    if plan.skipped:
+        return RunSummary.for_run(spec, plan, engine="spark").finish(started).to_dict()
 
     options = ship_model(spark, ModelOptions.from_job(spec), ship=ship)
     config = ClassifyConfig(
         options, spec.labels, text_column=spec.input.text_column, keep=tuple(spec.keep_columns),
         batch_rows=spec.resources.batch_rows,
     )
-    df = read_input(spark, spec.input, since_version=since, version=input_version)
+    summary = RunSummary.for_run(spec, plan, engine="spark", model=options.model_name)
+    df = read_input(spark, spec.input, since_version=plan.since_version, version=plan.input_version)
     columns = input_columns(spec)
     check_columns(df, config)
     df = df.select(*columns)
@@ -399,9 +351,6 @@ def run_job(
         df = df.repartition(partitions or spark.sparkContext.defaultParallelism)
     rows_in = df.count() if count_input else None
 
-    extra = {"gliclass.model": options.model_name or model_display_name(spec.model.ref), "gliclass.job": spec.name}
-    if input_version is not None:
-        extra[INPUT_VERSION_PROP] = str(input_version)
     use_spark_delta = spec.sink.format == "delta" and (
         delta_writer == "spark" or (delta_writer == "auto" and delta_spark_available(spark))
     )
@@ -409,46 +358,20 @@ def run_job(
         raise RuntimeError("--delta-writer spark needs the Delta jars on the classpath (delta-spark)")
     classify_started = time.perf_counter()
     if use_spark_delta:
-        result, parts = write_delta_spark(df, config, spec, version=version, profile=profile)
+        result, parts = write_delta_spark(df, config, spec, version=plan.version, profile=profile)
     else:
-        result, parts = write_classified(df, config, spec, version=version, profile=profile, extra_metadata=extra)
+        extra = plan.commit_metadata(summary.model, spec.name)
+        result, parts = write_classified(df, config, spec, version=plan.version, profile=profile, extra_metadata=extra)
     seconds = time.perf_counter() - classify_started
-    if rows_in is not None and rows_in != parts.rows:
-        logger.error("rows in (%d) != rows out (%d)", rows_in, parts.rows)
-    summary = _summary(
-        spec, version, input_version, started,
-        commit_key=result.key,
-        committed=result.committed,
-        skipped_reason=result.skipped_reason,
-        table_version=result.table_version,
-        rows_in=parts.rows if rows_in is None else rows_in,
-        rows_out=parts.rows,
-        status_counts=parts.status_counts,
-        files=result.files,
-        rows_per_s=round(parts.rows / seconds, 2) if seconds > 0 else 0.0,
-        classify_s=round(seconds, 3),
-        writer="spark-delta" if use_spark_delta else "staged",
-        inference_profile=profile is not None,
-        tasks=len(parts.tasks),
-        task_gpus=sorted({g for t in parts.tasks for g in (t.get("gpus") or [])}),
-    )
-    logger.info("job %s done: %s", app_id, {k: v for k, v in summary.items() if k != "tasks"})
-    return summary
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """A few human lines for a job summary."""
-    lines = [
-        f"job {summary['job_key']} -> {summary['sink']}",
-        f"  committed: {summary['committed']} ({summary['commit_key']}, table version {summary['table_version']})",
-    ]
-    if summary.get("skipped_reason"):
-        lines.append(f"  skipped: {summary['skipped_reason']}")
-    lines.append(f"  rows in: {summary['rows_in']}  rows out: {summary['rows_out']}  files: {summary['files']}")
-    if summary["status_counts"]:
-        lines.append("  rows per status: " + ", ".join(f"{k}={v}" for k, v in summary["status_counts"].items()))
-    lines.append(f"  throughput: {summary['rows_per_s']} rows/s (total {summary['elapsed_s']} s)")
-    return "\n".join(lines)
+    summary.landed(result, rows=parts.rows, status_counts=parts.status_counts, classify_s=seconds, rows_in=rows_in)
+    summary.details = {
+        "writer": "spark-delta" if use_spark_delta else "staged",
+        "inference_profile": profile is not None,
+        "tasks": len(parts.tasks),
+        "task_gpus": sorted({g for t in parts.tasks for g in (t.get("gpus") or [])}),
+    }
+    logger.info("job %s done: %s", plan.job_key, summary.finish(started))
+    return summary.to_dict()
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -491,19 +414,9 @@ def get_session(app_name: str) -> tuple[SparkSession, bool]:
 def main(argv: Sequence[str] | None = None) -> int:
     """``spark-submit jobs/spark_classify.py --spec job.yaml [--set k=v ...] [--summary-json PATH]``."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    from gliclass_dist.spec import SpecError
-
-    try:
-        spec = JobSpec.from_yaml(args.spec, args.overrides)
-    except SpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    spec = load_job_spec(args.spec, args.overrides, verbose=args.verbose)
+    if spec is None:
         return 2
-    logger.info("job %s (key %s): %s %s -> %s %s", spec.name, spec.job_key, spec.input.format,
-                spec.input.path or spec.input.table, spec.sink.format, spec.sink.path or spec.sink.table)
     spark, created = get_session(f"gliclass-{spec.name}")
     try:
         summary = run_job(
@@ -515,15 +428,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             spark.stop()
     print(format_summary(summary), flush=True)
     print(json.dumps({k: v for k, v in summary.items() if k != "tasks"}, default=str), flush=True)
-    if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    write_summary_json(summary, args.summary_json)
     return 0
 
 
 __all__ = [
     "StagedParts",
     "delta_spark_available",
-    "format_summary",
     "main",
     "read_input",
     "run_job",

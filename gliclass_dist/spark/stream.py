@@ -32,15 +32,22 @@ import json
 import logging
 import sys
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from gliclass_dist import connectors
 from gliclass_dist.predicate import to_spark
-from gliclass_dist.spark.job import get_session, input_columns, jvm_class_available, write_classified
+from gliclass_dist.run import (
+    RunSummary,
+    input_columns,
+    load_job_spec,
+    merge_counts,
+    model_display_name,
+    sink_location,
+    write_summary_json,
+)
+from gliclass_dist.spark.job import get_session, jvm_class_available, write_classified
 from gliclass_dist.spark.resources import profile_for_resources
 from gliclass_dist.spark.udf import ClassifyConfig, ModelOptions, check_columns, ship_model
 from gliclass_dist.spec import JobSpec
@@ -177,7 +184,7 @@ class MicroBatchWriter:
             reason = f"micro-batch {batch_id} is already committed (last committed: {done})"
             logger.info("%s; skipping it", reason)
             self.batches.append({"batch_id": batch_id, "committed": False, "skipped_reason": reason, "rows": 0,
-                                 "status_counts": {}, "table_version": None, "seconds": 0.0})
+                                 "status_counts": {}, "table_version": None, "files": 0, "seconds": 0.0})
             return
         df = batch_df.select(*input_columns(self.spec))
         if self.partitions or self.profile is not None:
@@ -193,6 +200,7 @@ class MicroBatchWriter:
             "rows": parts.rows,
             "status_counts": parts.status_counts,
             "table_version": result.table_version,
+            "files": result.files,
             "seconds": round(time.perf_counter() - started, 3),
         }
         self.batches.append(record)
@@ -264,28 +272,32 @@ def run_stream(
 
 
 def stream_summary(spec: JobSpec, batches: Sequence[dict[str, Any]], started: float) -> dict[str, Any]:
-    """The summary of a stream run: the batch job's fields plus the micro-batches."""
+    """The summary of a stream run: the batch job's fields (over the committed micro-batches) plus the
+    micro-batches (``committed_batches``, ``skipped_batches``, ``batches``)."""
     committed = [b for b in batches if b["committed"]]
-    counts: Counter[str] = Counter()
-    for b in committed:
-        counts.update(b["status_counts"])
     rows = sum(b["rows"] for b in committed)
     busy = sum(b["seconds"] for b in committed)
-    return {
-        "job_key": spec.job_key,
-        "committed": bool(committed),
-        "committed_batches": [b["batch_id"] for b in committed],
-        "skipped_batches": [b["batch_id"] for b in batches if not b["committed"]],
-        "table_version": committed[-1]["table_version"] if committed else None,
-        "rows_in": rows,
-        "rows_out": rows,
-        "status_counts": dict(sorted(counts.items())),
-        "rows_per_s": round(rows / busy, 2) if busy > 0 else 0.0,
-        "elapsed_s": round(time.perf_counter() - started, 3),
-        "sink": spec.sink.path or spec.sink.table,
-        "batches": list(batches),
-        "engine": "spark-streaming",
-    }
+    summary = RunSummary(
+        job_key=spec.job_key,
+        commit_key=connectors.commit_key(spec.job_key, committed[-1]["batch_id"]) if committed else None,
+        committed=bool(committed),
+        table_version=committed[-1]["table_version"] if committed else None,
+        rows_in=rows,
+        rows_out=rows,
+        status_counts=merge_counts(b["status_counts"] for b in committed),
+        files=sum(b["files"] for b in committed),
+        rows_per_s=round(rows / busy, 2) if busy > 0 else 0.0,
+        classify_s=round(busy, 3),
+        sink=sink_location(spec.sink),
+        model=model_display_name(spec.model.ref),
+        engine="spark-streaming",
+        details={
+            "committed_batches": [b["batch_id"] for b in committed],
+            "skipped_batches": [b["batch_id"] for b in batches if not b["committed"]],
+            "batches": list(batches),
+        },
+    )
+    return summary.finish(started).to_dict()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,16 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``spark-submit jobs/spark_stream.py --spec job.yaml --checkpoint DIR [--trigger ...]``."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    from gliclass_dist.spec import SpecError
-
+    spec = load_job_spec(args.spec, args.overrides, verbose=args.verbose)
+    if spec is None:
+        return 2
     try:
-        spec = JobSpec.from_yaml(args.spec, args.overrides)
         parse_trigger(args.trigger)
-    except (SpecError, ValueError) as exc:
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     source = StreamSource(
@@ -353,8 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     print(json.dumps({k: v for k, v in summary.items() if k != "batches"}, default=str), flush=True)
-    if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    write_summary_json(summary, args.summary_json)
     return 0
 
 
