@@ -19,22 +19,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gliclass_dist.labels import check_threshold
+
 Require = Literal["any", "all"]
 Action = Literal["keep", "drop"]
 
 
-def _thresholds(labels: Sequence[str] | Mapping[str, float], threshold: float) -> dict[str, float]:
+def label_thresholds(labels: Sequence[str] | Mapping[str, float], threshold: float) -> dict[str, float]:
+    """The labels to filter on, each with its threshold (a number within [0, 1]); ``ValueError`` naming a bad one."""
     if isinstance(labels, Mapping):
-        chosen = {str(k): float(v) for k, v in labels.items()}
+        chosen = {str(k): check_threshold(v, f"threshold of {k!r}") for k, v in labels.items()}
     elif isinstance(labels, str):
-        chosen = {labels: float(threshold)}
+        chosen = {labels: check_threshold(threshold)}
     else:
-        chosen = {str(label): float(threshold) for label in labels}
+        chosen = {str(label): check_threshold(threshold) for label in labels}
     if not chosen:
         raise ValueError("give at least one label to filter on")
-    for label, value in chosen.items():
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"threshold of {label!r} must be within [0, 1], got {value}")
     return chosen
 
 
@@ -48,7 +48,7 @@ def passing_mask(
     """Per row: do the row's scores pass (``labels`` a list with one ``threshold``, or ``{label: threshold}``)?"""
     if require not in ("any", "all"):
         raise ValueError(f"require must be 'any' or 'all', got {require!r}")
-    chosen = _thresholds(labels, threshold)
+    chosen = label_thresholds(labels, threshold)
     scores = results.column("scores")
     if isinstance(scores, pa.ChunkedArray):
         scores = scores.combine_chunks()

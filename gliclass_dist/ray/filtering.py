@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gliclass_dist.filtering import Action, Require, _thresholds, filter_results, passing_mask
+from gliclass_dist.filtering import Action, Require, filter_results, label_thresholds, passing_mask
 
 __all__ = ["Action", "Require", "filter_dataset", "filter_results", "passing_mask"]
 
@@ -23,7 +23,7 @@ def filter_dataset(
     keep_unscored: bool = False,
 ) -> Any:
     """A Ray ``Dataset`` stage running ``filter_results`` on every batch of classified rows."""
-    _thresholds(labels, threshold)  # fail on the driver, not in a task
+    label_thresholds(labels, threshold)  # fail on the driver, not in a task
     labels = dict(labels) if isinstance(labels, Mapping) else list([labels] if isinstance(labels, str) else labels)
     return ds.map_batches(
         filter_results,
