@@ -36,3 +36,18 @@ def classifier(tiny_model: Path):
     from gliclass_dist.engine import Classifier
 
     return Classifier.from_pretrained(tiny_model, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def ray_local(tmp_path_factory: pytest.TempPathFactory):
+    """One local Ray for the module (2 CPUs, no dashboard, temp dir inside the test's tmp), unless one runs."""
+    import ray
+
+    own = not ray.is_initialized()
+    with pytest.MonkeyPatch.context() as env:  # RAY_TMPDIR is restored for the modules after this one
+        if own:
+            env.setenv("RAY_TMPDIR", str(tmp_path_factory.mktemp("ray")))
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True, logging_level="WARNING")
+        yield ray
+        if own:
+            ray.shutdown()

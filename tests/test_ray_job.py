@@ -25,21 +25,6 @@ SENTENCES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def ray_local(tmp_path_factory: pytest.TempPathFactory):
-    """One local Ray for the whole module (2 CPUs, no dashboard, temp dir inside the test's tmp)."""
-    import ray
-
-    own = not ray.is_initialized()
-    with pytest.MonkeyPatch.context() as env:  # RAY_TMPDIR is restored for the modules after this one
-        if own:
-            env.setenv("RAY_TMPDIR", str(tmp_path_factory.mktemp("ray")))
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True, logging_level="WARNING")
-        yield ray
-        if own:
-            ray.shutdown()
-
-
 def make_rows(n: int, start: int = 0, *, bad: bool = True) -> pa.Table:
     """``n`` rows with ids start.., a text column (some empty/null when ``bad``), lang, and per-row labels."""
     texts: list[str | None] = []

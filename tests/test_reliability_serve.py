@@ -61,18 +61,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Any:
-    """A running Serve app with small body/cost limits (no auth): yields its base URL."""
-    import ray
+def served(ray_local: Any, tiny_model: Path) -> Any:
+    """A running Serve app with small body/cost limits (no auth) on the module's Ray: yields its base URL."""
     from ray import serve
 
     from gliclass_dist.ray.serve import build_app
 
-    own_ray = not ray.is_initialized()
-    previous_tmpdir = os.environ.get("RAY_TMPDIR")
-    if own_ray:
-        os.environ["RAY_TMPDIR"] = str(tmp_path_factory.mktemp("ray"))
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     port = _free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -80,12 +74,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Any:
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
-        if own_ray:
-            ray.shutdown()
-            if previous_tmpdir is None:
-                os.environ.pop("RAY_TMPDIR", None)
-            else:
-                os.environ["RAY_TMPDIR"] = previous_tmpdir
 
 
 # ------------------------------------------------------------------------------------------ shared cluster

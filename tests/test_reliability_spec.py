@@ -217,21 +217,6 @@ def test_anchors_are_refused_in_overrides_label_files_and_the_airflow_loader(tmp
 # ---------------------------------------------------------------------------------------------- relative paths
 
 
-@pytest.fixture(scope="module")
-def ray_local(tmp_path_factory: pytest.TempPathFactory):
-    """One local Ray for the module (2 CPUs, no dashboard, temp dir inside the test's tmp)."""
-    import ray
-
-    own = not ray.is_initialized()
-    with pytest.MonkeyPatch.context() as env:
-        if own:
-            env.setenv("RAY_TMPDIR", str(tmp_path_factory.mktemp("ray")))
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True, logging_level="WARNING")
-        yield ray
-        if own:
-            ray.shutdown()
-
-
 def test_ray_filter_that_does_not_fit_the_input_fails_on_the_driver(ray_local) -> None:
     from gliclass_dist.ray.io import apply_filter
     from gliclass_dist.spec import InputSpec
