@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from gliclass_dist.backends import BACKENDS, apply_backend, check_backend, quantize_encoder_int8
+from gliclass_dist.calibration import Calibration, load_calibration
 from gliclass_dist.encode import (  # has_content, prepare_rows, text_values: re-exported (__all__)
     EncodedBatch,
     encode_arrow,
@@ -55,7 +56,6 @@ from gliclass_dist.schema import SCORE_TYPE, Status, output_schema
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-BACKENDS = ("torch", "int8")
 MAX_BATCH_ROWS = 1024
 # A micro-batch also closes early when the next (shorter) row would be padded by more than PAD_TOLERANCE
 # of the batch's width, once the batch holds MIN_FILL of the token budget (so batches stay large enough
@@ -120,26 +120,6 @@ def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def quantize_encoder_int8(model: GLiClassModel) -> GLiClassModel:
-    """Dynamic int8 quantization of the encoder's ``nn.Linear`` layers, in place (CPU only).
-
-    Weights become int8 per output channel; activations are quantized per batch at run time. The
-    heads (projectors, scorer) stay fp32: they are a negligible share of the compute. Measured on
-    BBC in bench/NOTES.md (speed and macro-F1 against fp32).
-    """
-    try:
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-    except ImportError as exc:  # removed from a future torch
-        raise ValueError(f"backend='int8' needs torch.ao.quantization, which this torch lacks ({exc})") from None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        model.model.encoder_model = quantize_dynamic(
-            model.model.encoder_model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8
-        )
-    return model
-
-
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -165,22 +145,19 @@ class Classifier:
         dtype: torch.dtype | str | None = None,
         token_budget: int | None = None,
         backend: str = "torch",
+        calibration: Calibration | None = None,
+        result_cache_rows: int = 0,
     ) -> None:
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.dtype = dtype if isinstance(dtype, torch.dtype) else pick_dtype(dtype, self.device)
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-        if backend == "int8" and (self.device.type != "cpu" or self.dtype != torch.float32):
-            raise ValueError(
-                f"backend='int8' runs on CPU in float32 only (got device={self.device}, dtype={self.dtype}); "
-                "on a GPU use dtype='bfloat16' or 'float16' instead"
-            )
-        self.backend = backend
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
-        if backend == "int8":
-            self.model = quantize_encoder_int8(self.model)
+        self.backend = check_backend(backend, self.device, self.dtype)
+        self.model = apply_backend(model.to(device=self.device, dtype=self.dtype).eval(), backend)
         self.builder = builder
         self.model_name = model_name
+        # post-hoc logit calibration (gliclass_dist.calibration), applied to every row before the sigmoid/softmax
+        self.calibration = None if calibration is None or calibration.is_identity else calibration
+        # rows kept in the cross-batch result cache (0: off); see the result cache in _predict
+        self.result_cache_rows = int(result_cache_rows)
         self.token_budget = int(token_budget or default_token_budget(self.device))
         self._backoff_budget: int | None = None  # set by an out-of-memory error, cleared once recovered
         self._good_batches = 0  # successful forward passes since the budget last changed
@@ -228,9 +205,17 @@ class Classifier:
         model = load_model(path, allow_pickle=allow_pickle)
         tokenizer = load_tokenizer(path, model.config)
         builder = InputBuilder(tokenizer, model.config, max_length)
+        calibration = load_calibration(path)
         name = model_name or (str(ref) if not Path(str(ref)).exists() else Path(str(ref)).resolve().name)
         clf = cls(
-            model, builder, model_name=name, device=device, dtype=dtype, token_budget=token_budget, backend=backend
+            model,
+            builder,
+            model_name=name,
+            device=device,
+            dtype=dtype,
+            token_budget=token_budget,
+            backend=backend,
+            calibration=calibration,
         )
         logger.info("loaded %s from %s in %.1fs", name, path, time.perf_counter() - started)
         return clf
@@ -408,6 +393,8 @@ class Classifier:
             if isinstance(row_logits, Exception):
                 preds[i].status = Status.error(f"{type(row_logits).__name__}: {row_logits}")
                 continue
+            if self.calibration is not None:
+                row_logits = self.calibration.apply(row.labels, row_logits)
             fill_prediction(preds[i], row.labels, row_logits, mode, threshold, per_label, row.truncated)
         self.stats["rows"] += len(preds)
         return preds
@@ -532,6 +519,7 @@ def expected_padding_ratio(lengths: Sequence[int], budget: int, min_fill: float 
 
 
 __all__ = [
+    "BACKENDS",
     "Classifier",
     "Prediction",
     "default_token_budget",
