@@ -13,6 +13,7 @@ with ``action="keep"`` they are dropped unless ``keep_unscored=True``, with ``ac
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -66,6 +67,50 @@ def passing_mask(
     return pa.array(hits_per_row >= len(chosen))
 
 
+@dataclass(frozen=True)
+class FilterRule:
+    """Which rows pass: per-label thresholds, ``require`` any/all of them, then ``action`` keep/drop them.
+
+    Build it with ``FilterRule.of`` on the driver (every argument is checked there, not in a task) and hand
+    ``rule.apply`` to the engine's batch map (Ray ``map_batches``, Spark ``mapInArrow``).
+    """
+
+    thresholds: Mapping[str, float]
+    require: Require = "any"
+    action: Action = "keep"
+    keep_unscored: bool = False
+
+    @classmethod
+    def of(
+        cls,
+        labels: Sequence[str] | Mapping[str, float],
+        *,
+        threshold: float = 0.5,
+        require: Require = "any",
+        action: Action = "keep",
+        keep_unscored: bool = False,
+    ) -> FilterRule:
+        """The rule for ``labels`` (a list with one ``threshold``, or ``{label: threshold}``); ``ValueError`` names
+        a bad label, threshold, ``require`` or ``action``."""
+        if require not in ("any", "all"):
+            raise ValueError(f"require must be 'any' or 'all', got {require!r}")
+        if action not in ("keep", "drop"):
+            raise ValueError(f"action must be 'keep' or 'drop', got {action!r}")
+        return cls(label_thresholds(labels, threshold), require, action, bool(keep_unscored))
+
+    def apply(self, results: pa.Table | pa.RecordBatch) -> pa.Table:
+        """``results`` with the passing rows kept (``action="keep"``) or removed (``action="drop"``)."""
+        if isinstance(results, pa.RecordBatch):
+            results = pa.Table.from_batches([results])
+        mask = passing_mask(results, dict(self.thresholds), require=self.require)
+        if self.action == "drop":
+            mask = pc.invert(mask)
+        elif self.keep_unscored:
+            unscored = pc.equal(pc.list_value_length(results.column("scores")), 0)
+            mask = pc.or_(mask, pc.fill_null(unscored, True))
+        return results.filter(mask)
+
+
 def filter_results(
     results: pa.Table,
     labels: Sequence[str] | Mapping[str, float],
@@ -76,12 +121,5 @@ def filter_results(
     keep_unscored: bool = False,
 ) -> pa.Table:
     """``results`` with the passing rows kept (``action="keep"``) or removed (``action="drop"``)."""
-    if action not in ("keep", "drop"):
-        raise ValueError(f"action must be 'keep' or 'drop', got {action!r}")
-    mask = passing_mask(results, labels, threshold=threshold, require=require)
-    if action == "drop":
-        mask = pc.invert(mask)
-    elif keep_unscored:
-        unscored = pc.equal(pc.list_value_length(results.column("scores")), 0)
-        mask = pc.or_(mask, pc.fill_null(unscored, True))
-    return results.filter(mask)
+    rule = FilterRule.of(labels, threshold=threshold, require=require, action=action, keep_unscored=keep_unscored)
+    return rule.apply(results)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -325,6 +326,29 @@ _OPS = {"=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le
         ">=": operator.ge}
 
 
+def fold(
+    tree: Predicate,
+    leaf: Callable[[Predicate], Any],
+    *,
+    negate: Callable[[Any], Any] = operator.invert,
+    both: Callable[[Any, Any], Any] = operator.and_,
+    either: Callable[[Any, Any], Any] = operator.or_,
+) -> Any:
+    """Compile ``tree`` bottom-up: ``leaf`` turns each comparison into an engine expression, and NOT/AND/OR
+    combine them (default: the ``~``/``&``/``|`` operators that Arrow and Spark expressions both define)."""
+
+    def build(node: Predicate) -> Any:
+        if isinstance(node, Not):
+            return negate(build(node.child))
+        if isinstance(node, And):
+            return both(build(node.left), build(node.right))
+        if isinstance(node, Or):
+            return either(build(node.left), build(node.right))
+        return leaf(node)
+
+    return build(tree)
+
+
 def to_arrow(tree: Predicate) -> Any:
     """A ``pyarrow.compute.Expression`` with SQL semantics (Kleene AND/OR, null in => null out)."""
     import pyarrow as pa
@@ -333,7 +357,7 @@ def to_arrow(tree: Predicate) -> Any:
     def operand(node: Operand) -> Any:
         return pc.field(node.name) if isinstance(node, Column) else pc.scalar(node.value)
 
-    def build(node: Predicate) -> Any:
+    def leaf(node: Predicate) -> Any:
         if isinstance(node, Compare):
             return _OPS[node.op](operand(node.left), operand(node.right))
         if isinstance(node, In):
@@ -347,15 +371,9 @@ def to_arrow(tree: Predicate) -> Any:
         if isinstance(node, Like):
             test = pc.match_like(pc.field(node.column.name), pattern=node.pattern)
             return ~test if node.negated else test
-        if isinstance(node, Not):
-            return ~build(node.child)
-        if isinstance(node, And):
-            return build(node.left) & build(node.right)
-        if isinstance(node, Or):
-            return build(node.left) | build(node.right)
         raise TypeError(f"not a filter tree node: {node!r}")
 
-    return build(tree)
+    return fold(tree, leaf)
 
 
 def to_spark(tree: Predicate) -> Any:
@@ -368,7 +386,7 @@ def to_spark(tree: Predicate) -> Any:
     def operand(node: Operand) -> Any:
         return col(node) if isinstance(node, Column) else F.lit(node.value)
 
-    def build(node: Predicate) -> Any:
+    def leaf(node: Predicate) -> Any:
         if isinstance(node, Compare):
             return _OPS[node.op](operand(node.left), operand(node.right))
         if isinstance(node, In):
@@ -379,15 +397,9 @@ def to_spark(tree: Predicate) -> Any:
         if isinstance(node, Like):
             test = col(node.column).like(node.pattern)
             return ~test if node.negated else test
-        if isinstance(node, Not):
-            return ~build(node.child)
-        if isinstance(node, And):
-            return build(node.left) & build(node.right)
-        if isinstance(node, Or):
-            return build(node.left) | build(node.right)
         raise TypeError(f"not a filter tree node: {node!r}")
 
-    return build(tree)
+    return fold(tree, leaf)
 
 
 def to_iceberg(tree: Predicate) -> Any:
@@ -405,7 +417,7 @@ def to_iceberg(tree: Predicate) -> Any:
     class NoPushdown(Exception):
         pass
 
-    def build(node: Predicate) -> Any:
+    def leaf(node: Predicate) -> Any:
         if isinstance(node, Compare):
             left, right, op = node.left, node.right, node.op
             if isinstance(left, Literal) and isinstance(right, Column):
@@ -422,15 +434,9 @@ def to_iceberg(tree: Predicate) -> Any:
             if not node.pattern.endswith("%") or any(ch in prefix for ch in "%_\\"):
                 raise NoPushdown
             return (e.NotStartsWith if node.negated else e.StartsWith)(node.column.name, prefix)
-        if isinstance(node, Not):
-            return e.Not(build(node.child))
-        if isinstance(node, And):
-            return e.And(build(node.left), build(node.right))
-        if isinstance(node, Or):
-            return e.Or(build(node.left), build(node.right))
         raise NoPushdown
 
     try:
-        return build(tree)
+        return fold(tree, leaf, negate=e.Not, both=e.And, either=e.Or)
     except NoPushdown:
         return e.AlwaysTrue()

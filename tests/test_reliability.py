@@ -13,7 +13,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from spark_helpers import spark_session
 
 os.environ["PYSPARK_PYTHON"] = sys.executable
 os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
@@ -36,6 +36,7 @@ httpx = pytest.importorskip("httpx")
 psutil = pytest.importorskip("psutil")
 
 from deltalake import DeltaTable  # noqa: E402
+from serve_helpers import SERVE_LIMITS, running_app  # noqa: E402
 
 from gliclass_dist.engine import Classifier, Prediction, predictions_to_arrow  # noqa: E402
 from gliclass_dist.labels import LabelSpec  # noqa: E402
@@ -85,28 +86,13 @@ def ray_runtime(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def spark():
     """One local[2] SparkSession for the module (a failed task is retried once)."""
-    from pyspark.sql import SparkSession
-
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        active.stop()
-    session = (
-        SparkSession.builder.master("local[2,2]")
-        .appName("gliclass-reliability")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.default.parallelism", "2")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "16")
-        .config("spark.executorEnv.HF_HUB_OFFLINE", "1")
-        .config("spark.executorEnv.TOKENIZERS_PARALLELISM", "false")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
+    conf = {
+        "spark.sql.shuffle.partitions": "2",
+        "spark.default.parallelism": "2",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": "16",
+    }
+    with spark_session("local[2,2]", "gliclass-reliability", conf) as session:
+        yield session
 
 
 # ---------------------------------------------------------------------------------------------- the bad-input corpus
@@ -405,8 +391,15 @@ def test_ray_driver_sigkill_mid_run_then_rerun_lands_each_row_once(
     orphans = len(staged_files(sink))
     assert orphans > 0
 
-    entrypoint = load_ray_entrypoint()
-    assert entrypoint.main(args) == 0
+    assert_rerun_lands_each_row_once(load_ray_entrypoint().main, args, sink, summary_path, rows, orphans)
+
+
+def assert_rerun_lands_each_row_once(
+    main: Any, args: list[str], sink: Path, summary_path: Path, rows: int, orphans: int
+) -> None:
+    """After a killed run: ``main(args)`` commits every row once, leaving the killed run's files unreferenced;
+    a third run finds the key committed and writes nothing."""
+    assert main(args) == 0
     summary = json.loads(summary_path.read_text())
     assert summary["committed"] is True and summary["rows_in"] == summary["rows_out"] == rows
     table = DeltaTable(str(sink))
@@ -415,7 +408,7 @@ def test_ray_driver_sigkill_mid_run_then_rerun_lands_each_row_once(
     assert len(staged_files(sink)) == committed_files(sink) + orphans  # the killed run's files stay unreferenced
     version = table.version()
 
-    assert entrypoint.main(args) == 0  # a third run: the key is committed, nothing is written
+    assert main(args) == 0  # a third run: the key is committed, nothing is written
     again = json.loads(summary_path.read_text())
     assert again["committed"] is False and "already committed" in again["skipped_reason"]
     assert DeltaTable(str(sink)).version() == version
@@ -460,60 +453,23 @@ def test_spark_driver_sigkill_mid_run_then_rerun_lands_each_row_once(spark, tiny
     orphans = len(staged_files(sink))
     assert orphans > 0
 
-    assert main(args) == 0
-    summary = json.loads(summary_path.read_text())
-    assert summary["committed"] is True and summary["rows_in"] == summary["rows_out"] == rows
-    table = DeltaTable(str(sink))
-    ids = table.to_pyarrow_table().column("id").to_pylist()
-    assert len(ids) == rows and sorted(ids) == list(range(rows))
-    assert len(staged_files(sink)) == committed_files(sink) + orphans  # the killed run's files stay unreferenced
-    version = table.version()
-
-    assert main(args) == 0  # a third run: the key is committed, nothing is written
-    again = json.loads(summary_path.read_text())
-    assert again["committed"] is False and "already committed" in again["skipped_reason"]
-    assert DeltaTable(str(sink)).version() == version
+    assert_rerun_lands_each_row_once(main, args, sink, summary_path, rows, orphans)
 
 
 # ---------------------------------------------------------------------------------------------- Serve under load
 
 TOKEN = "reliability-token"
-SERVE_ARGS = {
-    "max_texts_per_request": 8,
-    "max_batch_size": 64,
-    "batch_wait_timeout_s": 0.01,
-    "max_chars_per_text": 400,
-    "max_labels_per_row": 6,
-    "max_chars_per_label": 40,
-    "max_body_bytes": 8192,
-    "num_cpus": 1,
-    "torch_threads": 1,
-}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+SERVE_ARGS = {**SERVE_LIMITS, "max_batch_size": 64, "batch_wait_timeout_s": 0.01}
 
 
 @pytest.fixture
 def served(ray_runtime, tiny_model: Path, tmp_path: Path) -> Any:
     """A Serve app on the module's Ray (127.0.0.1, a free port, a bearer token); shut down after the test."""
-    from ray import serve
-
-    from gliclass_dist.ray.serve import build_app
-
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
-    port = _free_port()
     args = {**SERVE_ARGS, "model": str(tiny_model), "token_file": str(token_file), "require_auth": True}
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(args), name="gliclass-reliability", route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
+    with running_app(args, "gliclass-reliability") as base_url:
+        yield base_url
 
 
 def serve_requests() -> list[dict[str, Any]]:

@@ -302,21 +302,22 @@ def test_missing_or_corrupt_checkpoint_is_an_error(tiny_model, tmp_path, how):
     assert not (tmp_path / "o.parquet").exists()
 
 
-def test_flat_label_set_file_shows_the_expected_shape(tmp_path):
+@pytest.mark.parametrize(
+    ("content", "hints"),
+    [
+        # a flat list: the error shows the expected shape
+        ("topics:\n  - business\n  - sport\n", ["label_sets: {topics: {version:", "labels: ["]),
+        ("label_sets: [unclosed\n", []),  # not YAML
+    ],
+    ids=["flat-list", "not-yaml"],
+)
+def test_bad_label_set_file_is_an_error_naming_it(tmp_path, content, hints):
     labels = tmp_path / "labels.yaml"
-    labels.write_text("topics:\n  - business\n  - sport\n")
-    src = tmp_path / "in.parquet"
-    write_texts(src, 3)
-    err = error_line(run_cli("classify", "--model", str(tmp_path / "m"), "--label-set", f"{labels}:topics",
-                             "--input", str(src), "--output", str(tmp_path / "o.parquet")))
-    assert str(labels) in err and "label_sets: {topics: {version:" in err and "labels: [" in err
-
-
-def test_label_set_file_that_is_not_yaml_is_an_error(tmp_path):
-    labels = tmp_path / "labels.yaml"
-    labels.write_text("label_sets: [unclosed\n")
+    labels.write_text(content)
     src = tmp_path / "in.parquet"
     write_texts(src, 3)
     err = error_line(run_cli("classify", "--model", str(tmp_path / "m"), "--label-set", f"{labels}:topics",
                              "--input", str(src), "--output", str(tmp_path / "o.parquet")))
     assert str(labels) in err
+    for hint in hints:
+        assert hint in err

@@ -27,6 +27,8 @@ import pytest
 pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
 
+from serve_helpers import SERVE_LIMITS, free_port, running_app  # noqa: E402
+
 from gliclass_dist.engine import Classifier, predictions_to_arrow  # noqa: E402
 from gliclass_dist.labels import LabelSpec  # noqa: E402
 
@@ -39,41 +41,20 @@ TEXTS = [
     "A new smartphone with a faster chip was released.",
 ]
 APP_ARGS = {
-    "max_texts_per_request": 8,
+    **SERVE_LIMITS,
     "max_batch_size": 8,
-    "max_chars_per_text": 400,
-    "max_labels_per_row": 6,
-    "max_chars_per_label": 40,
-    "max_body_bytes": 8192,
     "max_request_cost": 1500,  # tokens; a request of 8 long texts x 6 long labels costs ~3600
     "max_ongoing_requests": 8,
     "max_pending_bodies": 4,
     "body_timeout_s": 3.0,
-    "num_cpus": 1,
-    "torch_threads": 1,
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def served(ray_local: Any, tiny_model: Path) -> Any:
     """A running Serve app with small body/cost limits (no auth) on the module's Ray: yields its base URL."""
-    from ray import serve
-
-    from gliclass_dist.ray.serve import build_app
-
-    port = _free_port()
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app({**APP_ARGS, "model": str(tiny_model)}), name="gliclass-edges", route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
+    with running_app({**APP_ARGS, "model": str(tiny_model)}, "gliclass-edges") as base_url:
+        yield base_url
 
 
 # ------------------------------------------------------------------------------------------ shared cluster
@@ -119,7 +100,7 @@ def _other_team_answers(port: int) -> bool:
 
 def test_cli_on_a_shared_cluster_touches_only_its_own_application(tmp_path: Path, tiny_model: Path) -> None:
     """Another team's Serve app runs on a cluster; our CLI joins it through $RAY_ADDRESS (no --address)."""
-    port = _free_port()
+    port = free_port()
     ray_tmp = tempfile.mkdtemp(prefix="r13-")  # short: Ray's socket paths under it must stay < 108 bytes
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     env.pop("RAY_ADDRESS", None)
@@ -141,7 +122,7 @@ def test_cli_on_a_shared_cluster_touches_only_its_own_application(tmp_path: Path
 
         # Serve already listens on `port`: another --port is refused, naming the real one.
         wrong_port = subprocess.run(
-            [*cli, "--port", str(_free_port())], capture_output=True, text=True, env=env, timeout=240, check=False
+            [*cli, "--port", str(free_port())], capture_output=True, text=True, env=env, timeout=240, check=False
         )
         assert wrong_port.returncode == 2, wrong_port.stdout + wrong_port.stderr[-2000:]
         assert f"listens on 127.0.0.1:{port}" in wrong_port.stdout

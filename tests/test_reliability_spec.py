@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from spark_helpers import spark_session
 
 from gliclass_dist.spec import JobSpec, SpecError
 
@@ -113,24 +114,8 @@ def test_filter_keeps_the_same_rows_on_the_arrow_paths(filter_table: Path, text:
 @pytest.fixture(scope="module")
 def spark():
     pytest.importorskip("pyspark")
-    from pyspark.sql import SparkSession
-
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        active.stop()
-    session = (
-        SparkSession.builder.master("local[1]")
-        .appName("gliclass-filter-tests")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", "1")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
+    with spark_session("local[1]", "gliclass-filter-tests", {"spark.sql.shuffle.partitions": "1"}) as session:
+        yield session
 
 
 def test_filters_keep_the_same_rows_on_spark(spark, filter_table: Path) -> None:

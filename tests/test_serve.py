@@ -6,7 +6,6 @@ One Serve instance for the whole module (starting Ray + Serve costs ~20 s on the
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,8 @@ import pytest
 
 pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
+
+from serve_helpers import SERVE_LIMITS, free_port  # noqa: E402
 
 from gliclass_dist.engine import Classifier, predictions_to_arrow  # noqa: E402
 from gliclass_dist.labels import LabelSpec  # noqa: E402
@@ -29,23 +30,8 @@ TEXTS = [
     "The football club won the league after a dramatic final match.",
     "A new smartphone with a faster chip was released.",
 ]
-APP_ARGS = {
-    "max_texts_per_request": 8,
-    "max_batch_size": 64,
-    "batch_wait_timeout_s": 0.25,  # long enough that concurrent requests reliably meet in one batch
-    "max_chars_per_text": 400,
-    "max_labels_per_row": 6,
-    "max_chars_per_label": 40,
-    "max_body_bytes": 8192,
-    "num_cpus": 1,
-    "torch_threads": 1,
-}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# batch_wait_timeout_s: long enough that concurrent requests reliably meet in one batch
+APP_ARGS = {**SERVE_LIMITS, "max_batch_size": 64, "batch_wait_timeout_s": 0.25}
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +53,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_debe
         if own_ray:  # the node declares a placeholder GPU: a replica asking for one is scheduled on it
             env.setenv("RAY_TMPDIR", str(tmp_path_factory.mktemp("ray")))
             ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
-        port = _free_port()
+        port = free_port()
         args = {
             **APP_ARGS,
             "model": str(tiny_model),

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from spark_helpers import spark_session
 
 os.environ["PYSPARK_PYTHON"] = sys.executable
 os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
@@ -56,29 +57,14 @@ def load_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def spark(load_log: Path):
-    from pyspark.sql import SparkSession
-
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        active.stop()
-    session = (
-        SparkSession.builder.master("local[2,2]")
-        .appName("gliclass-tests")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", "4")
-        .config("spark.default.parallelism", "2")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "16")
-        .config("spark.executorEnv.GLICLASS_MODEL_LOAD_LOG", str(load_log))
-        .config("spark.executorEnv.HF_HUB_OFFLINE", "1")
-        .config("spark.executorEnv.TOKENIZERS_PARALLELISM", "false")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
+    conf = {
+        "spark.sql.shuffle.partitions": "4",
+        "spark.default.parallelism": "2",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": "16",
+        "spark.executorEnv.GLICLASS_MODEL_LOAD_LOG": str(load_log),
+    }
+    with spark_session("local[2,2]", "gliclass-tests", conf) as session:
+        yield session
 
 
 def make_rows(n: int, start: int = 0) -> list[dict]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from spark_helpers import spark_session
 
 os.environ["PYSPARK_PYTHON"] = sys.executable
 os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
@@ -119,34 +120,19 @@ def standalone_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
 
 @pytest.fixture(scope="module")
 def cluster_spark(standalone_cluster: dict):
-    from pyspark.sql import SparkSession
-
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        active.stop()
     load_log = standalone_cluster["root"] / "loads"
-    session = (
-        SparkSession.builder.master(standalone_cluster["master"])
-        .appName("gliclass-cluster-test")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.dynamicAllocation.enabled", "false")
-        .config("spark.executor.cores", "1")
-        .config("spark.executor.memory", "1g")
-        .config("spark.cores.max", "2")
-        .config("spark.executor.resource.gpu.amount", "1")
-        .config("spark.executor.resource.gpu.discoveryScript", standalone_cluster["gpu_script"])
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.executorEnv.GLICLASS_MODEL_LOAD_LOG", str(load_log))
-        .config("spark.executorEnv.HF_HUB_OFFLINE", "1")
-        .config("spark.executorEnv.TOKENIZERS_PARALLELISM", "false")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session, load_log
-    session.stop()
+    conf = {
+        "spark.dynamicAllocation.enabled": "false",
+        "spark.executor.cores": "1",
+        "spark.executor.memory": "1g",
+        "spark.cores.max": "2",
+        "spark.executor.resource.gpu.amount": "1",
+        "spark.executor.resource.gpu.discoveryScript": standalone_cluster["gpu_script"],
+        "spark.sql.shuffle.partitions": "2",
+        "spark.executorEnv.GLICLASS_MODEL_LOAD_LOG": str(load_log),
+    }
+    with spark_session(standalone_cluster["master"], "gliclass-cluster-test", conf) as session:
+        yield session, load_log
 
 
 def test_gpu_profile_reaches_only_the_inference_stage(cluster_spark, tiny_model: Path, tmp_path: Path):

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from gliclass_dist.filtering import Action, Require, filter_results
+from gliclass_dist.filtering import Action, FilterRule, Require
 from gliclass_dist.labels import LabelSpec
-from gliclass_dist.schema import RESULT_COLUMNS, empty_results
+from gliclass_dist.schema import RESULT_COLUMNS
 from gliclass_dist.spark.udf import (
     ModelOptions,
     arrow_output_schema,
@@ -36,15 +36,6 @@ from gliclass_dist.spark.udf import (
 if TYPE_CHECKING:
     from pyspark.resource import ResourceProfile
     from pyspark.sql import DataFrame
-
-
-def _filter_args(
-    labels: Sequence[str] | Mapping[str, float], threshold: float, require: Require, action: Action
-) -> dict[str, object]:
-    chosen = dict(labels) if isinstance(labels, Mapping) else [labels] if isinstance(labels, str) else list(labels)
-    kwargs = {"labels": chosen, "threshold": threshold, "require": require, "action": action}
-    filter_results(empty_results(0, "ok"), **kwargs)  # bad labels/thresholds fail here, on the driver
-    return kwargs
 
 
 def filter_classified(
@@ -60,12 +51,11 @@ def filter_classified(
     fail) the label thresholds; same columns."""
     if "scores" not in df.columns:
         raise KeyError(f"filter_classified needs a classified DataFrame with a 'scores' column (got {df.columns})")
-    kwargs = _filter_args(labels, threshold, require, action)
+    rule = FilterRule.of(labels, threshold=threshold, require=require, action=action, keep_unscored=keep_unscored)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            kept = filter_results(pa.Table.from_batches([batch]), keep_unscored=keep_unscored, **kwargs)
-            yield from kept.to_batches()
+            yield from rule.apply(batch).to_batches()
 
     return df.mapInArrow(run, df.schema)
 
@@ -92,13 +82,12 @@ def filter_dataframe(
         keep = [c for c in df.columns if c not in RESULT_COLUMNS]
     config = make_config(model, label_spec, text_column=text_column, keep=keep, batch_rows=batch_rows)
     check_columns(df, config)
-    kwargs = _filter_args(labels, threshold, require, action)
+    rule = FilterRule.of(labels, threshold=threshold, require=require, action=action, keep_unscored=keep_unscored)
     target = arrow_output_schema(df.schema, config.keep)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in classify_batches(batches, config):
-            kept = filter_results(pa.Table.from_batches([batch]), keep_unscored=keep_unscored, **kwargs)
-            for out in kept.to_batches():
+            for out in rule.apply(batch).to_batches():
                 yield out.cast(target)
 
     return df.mapInArrow(run, spark_output_schema(df.schema, config.keep), profile=profile)
