@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from gliclass_dist.labels import LabelSpec, check_examples, check_prompt, clean_row_labels
+from gliclass_dist.labels import LabelSpec, check_examples, check_prompt, clean_row_examples, clean_row_labels
 from gliclass_dist.schema import Status, output_schema
 
 if TYPE_CHECKING:  # gliclass_dist.model loads transformers (and with it torch): imported where used
@@ -110,6 +110,17 @@ def input_values(data: pa.Table, spec: LabelSpec, text_column: str = "text") -> 
     return texts, [spec.fixed] * data.num_rows
 
 
+def example_values(data: pa.Table, spec: LabelSpec) -> list[Any] | None:
+    """Per row: the raw few-shot examples of the spec's ``examples_column``; None when the spec names none."""
+    if spec.examples_column is None:
+        return None
+    if spec.examples_column not in data.column_names:
+        raise KeyError(
+            f"examples column {spec.examples_column!r} is not in the input (columns: {data.column_names})"
+        )
+    return data.column(spec.examples_column).to_pylist()
+
+
 def encode_arrow(
     data: pa.Table | pa.RecordBatch,
     builder: InputBuilder,
@@ -121,14 +132,16 @@ def encode_arrow(
 ) -> EncodedBatch:
     """The encoding step: ``data`` checked and tokenized row by row (see ``prepare_rows``), ``keep`` carried.
 
-    A missing text, label or kept column raises ``KeyError`` naming it; a kept column clashing with a result
+    The spec's ``examples_column`` (if any) gives each row its own few-shot examples; ``examples`` are the
+    job-wide ones (used by rows without their own). A missing text, label, examples or kept column raises ``KeyError`` naming it; a kept column clashing with a result
     column raises ``ValueError``.
     """
     if isinstance(data, pa.RecordBatch):
         data = pa.Table.from_batches([data])
     output_schema(data.schema, keep)  # fails on a missing or clashing kept column, before any work
     texts, row_labels = input_values(data, spec, text_column)
-    statuses, rows = prepare_rows(builder, texts, row_labels, spec.prompt, examples)
+    row_examples = example_values(data, spec)
+    statuses, rows = prepare_rows(builder, texts, row_labels, spec.prompt, examples, row_examples)
     return EncodedBatch(statuses, rows, data.select(list(keep)))
 
 
@@ -150,12 +163,15 @@ def prepare_rows(
     row_labels: Sequence[Any],
     prompt: str | None = None,
     examples: Sequence[Mapping[str, Any]] | None = None,
+    row_examples: Sequence[Any] | None = None,
 ) -> tuple[list[str], list[EncodedRow | None]]:
     """Per row: its status so far and its encoded model input (None when the row is not scored).
 
     The row checks every front end shares: null/blank text, non-string text, malformed, empty or
     cleaned label lists, and labels too long for the window. Ray runs this in a separate CPU stage.
     A prompt or an example holding a marker string raises ``ValueError`` (see ``check_prompt``).
+    ``row_examples`` (raw values of an examples column, one per row) are checked per row: a malformed
+    value gives status ``invalid_examples`` (see ``gliclass_dist.labels.clean_row_examples``).
     """
     from gliclass_dist.model.inputs import LabelTooLongError
 
@@ -165,6 +181,7 @@ def prepare_rows(
     encoded: list[EncodedRow | None] = [None] * len(texts)
     todo: list[int] = []
     todo_labels: list[list[str]] = []
+    todo_examples: list[list[Mapping[str, Any]]] = []
     for i, (text, raw_labels) in enumerate(zip(texts, row_labels)):
         if text is None or (isinstance(text, str) and not has_content(text)):
             statuses[i] = Status.EMPTY_TEXT
@@ -179,11 +196,19 @@ def prepare_rows(
         if not cleaned:
             statuses[i] = Status.NO_LABELS
             continue
+        if row_examples is not None:
+            row_example = clean_row_examples(row_examples[i])
+            if row_example is None:
+                statuses[i] = Status.INVALID_EXAMPLES
+                continue
+            todo_examples.append(row_example)
         if was_cleaned:
             statuses[i] = Status.LABELS_CLEANED
         todo.append(i)
         todo_labels.append(cleaned)
-    rows = builder.encode([texts[i] for i in todo], todo_labels, prompt, examples) if todo else []
+    # row_examples only when given: builders of other architectures need not know the keyword
+    per_row = {"row_examples": todo_examples} if row_examples is not None else {}
+    rows = builder.encode([texts[i] for i in todo], todo_labels, prompt, examples, **per_row) if todo else []
     for i, row in zip(todo, rows):
         if isinstance(row, LabelTooLongError):
             statuses[i] = Status.error(str(row))
@@ -208,12 +233,11 @@ class _NotText:
 
 @lru_cache(maxsize=4)
 def load_builder(model_path: str, max_length: int | None) -> InputBuilder:
-    """A checkpoint folder's input builder (tokenizer + config, no weights), once per process."""
-    from gliclass_dist.model.inputs import InputBuilder
-    from gliclass_dist.model.loading import load_config, load_tokenizer
+    """A checkpoint folder's input builder (tokenizers + config, no weights), once per process."""
+    from gliclass_dist.model.loading import load_config, load_input_builder
 
     config = load_config(Path(model_path))
-    return InputBuilder(load_tokenizer(model_path, config), config, max_length)
+    return load_input_builder(model_path, config, max_length)
 
 
 __all__ = [
@@ -226,6 +250,7 @@ __all__ = [
     "TRUNCATED",
     "EncodedBatch",
     "encode_arrow",
+    "example_values",
     "has_content",
     "input_values",
     "is_encoded",

@@ -6,6 +6,9 @@ Rules (documented in the README):
 - A per-row label column is data, so bad values never fail the job: empty / non-string labels and
   duplicates are dropped from that row and the row's status says ``labels_cleaned``; a row whose
   label list is null or ends up empty gets status ``no_labels`` and no scores.
+- A per-row few-shot examples column (``examples_column``: per row a list of ``{"text", "labels"}``,
+  or its JSON) is data too: a malformed value gives that row status ``invalid_examples`` and no scores;
+  a null or empty value means no examples for the row (the job-wide examples, if any, apply).
 - Hierarchical labels are plain strings with a separator (``"sports.football"``); a nested mapping
   ``{"sports": ["football", "tennis"]}`` is flattened to them.
 """
@@ -90,6 +93,33 @@ def check_examples(examples: Any, where: str = "examples") -> list[Mapping[str, 
                 raise ValueError(f"{where}[{i}].labels[{j}] must be a string; got {type(label).__name__} {label!r}")
             check_no_marker(label, f"{where}[{i}].labels[{j}]")
     return list(examples)
+
+
+def clean_row_examples(value: Any) -> list[Mapping[str, Any]] | None:
+    """One row's few-shot examples from an examples column: a list (empty for null), or None when malformed.
+
+    Accepts a list of ``{"text": str, "labels": [str, ...]}`` mappings (Arrow list<struct>, Python, or a
+    JSON string of one); a marker string inside an example, or any other shape, makes the value malformed.
+    """
+    if value is None:
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return None
+    if hasattr(value, "tolist") and not isinstance(value, Mapping):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        value = [
+            {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in ex.items()} if isinstance(ex, Mapping) else ex
+            for ex in value
+        ]
+    try:
+        examples = check_examples(value, "examples")
+    except ValueError:
+        return None
+    return examples or []
 
 
 def flatten_hierarchy(labels: Any, separator: str = ".", prefix: str = "") -> list[str]:
@@ -199,6 +229,7 @@ class LabelSpec(BaseModel):
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     thresholds: dict[str, float] = Field(default_factory=dict)
     prompt: str | None = None
+    examples_column: str | None = None  # a column of per-row few-shot examples (see clean_row_examples)
     separator: str = "."
 
     @field_validator("labels", mode="before")
@@ -256,6 +287,11 @@ class LabelSpec(BaseModel):
     def fixed(self) -> list[str] | None:
         """The label list shared by every row, or None for a per-row column."""
         return list(self.labels) if self.labels is not None else None
+
+    @property
+    def columns(self) -> list[str]:
+        """The input columns this spec reads per row (the label column, the examples column), besides the text."""
+        return [c for c in (self.column, self.examples_column) if c is not None]
 
     @property
     def label_set_id(self) -> str:

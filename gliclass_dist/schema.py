@@ -34,6 +34,7 @@ class Status:
     INVALID_TEXT = "invalid_text"  # not a string (binary, number, ...)
     NO_LABELS = "no_labels"  # the row's label set is null or empty
     INVALID_LABELS = "invalid_labels"  # malformed label column value
+    INVALID_EXAMPLES = "invalid_examples"  # malformed few-shot examples column value (LabelSpec.examples_column)
     LABELS_CLEANED = "labels_cleaned"  # classified; empty/duplicate labels were dropped from the row's set
     NON_FINITE = "error: non-finite scores"  # the model gave NaN/inf logits (e.g. fp16 overflow); no scores
 

@@ -258,11 +258,11 @@ class TestBrokenCheckpoints:
             Classifier.from_pretrained(broken)
 
     def test_unsupported_architecture(self, tiny_model, tmp_path):
-        broken = shutil.copytree(tiny_model, tmp_path / "bi")
+        broken = shutil.copytree(tiny_model, tmp_path / "encdec")
         config = json.loads((broken / "config.json").read_text())
-        config["architecture_type"] = "bi-encoder"
+        config["architecture_type"] = "encoder-decoder"
         (broken / "config.json").write_text(json.dumps(config))
-        with pytest.raises(CheckpointError, match="not supported yet"):
+        with pytest.raises(CheckpointError, match="'encoder-decoder' is not supported yet"):
             Classifier.from_pretrained(broken)
 
     def test_tokenizer_without_label_tokens(self, tiny_model, tmp_path):

@@ -4,7 +4,7 @@ Sequence layout (uni-encoder, as the checkpoints were trained)::
 
     prompt_first=False:  [CLS] text <<LABEL>>l1<<LABEL>>l2...<<SEP>>prompt [examples] [SEP]
     prompt_first=True:   [CLS] <<LABEL>>l1<<LABEL>>l2...<<SEP>>prompt text [examples] [SEP]
-    examples:            <<EXAMPLE>>text \\nLabels:\\n a, b ... <<SEP>>
+    examples:            <<EXAMPLE>>text \\nLabels:\\n a, b ... <<SEP>>   (job-wide, or per row)
 
 Each label's ids (``<<LABEL>>label``) are tokenized once and cached, then concatenated with the
 text's ids; at start-up a self-check verifies on probe strings that this gives exactly the ids of
@@ -39,6 +39,10 @@ TEXT_SHARE = 4
 
 class LabelTooLongError(ValueError):
     """A single label does not fit the model window together with any text."""
+
+
+class ExamplesTooLongError(LabelTooLongError):
+    """A row's few-shot examples leave no room in the window for its labels and some text."""
 
 
 @dataclass
@@ -90,6 +94,7 @@ class InputBuilder:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.sep_id = tokenizer.convert_tokens_to_ids(SEP_TOKEN)
         self._label_ids = lru_cache(maxsize=65536)(self._label_ids_uncached)
+        self._examples_ids = lru_cache(maxsize=4096)(self._ids_tuple)
         self.exact = self._self_check()
         if not self.exact:
             logger.warning("tokenizer: piecewise tokenization differs from whole strings; using whole-string mode")
@@ -97,6 +102,9 @@ class InputBuilder:
     # -- tokenization pieces -------------------------------------------------------------------
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _ids_tuple(self, text: str) -> tuple[int, ...]:
+        return tuple(self._ids(text)) if text else ()
 
     def _label_ids_uncached(self, label: str) -> tuple[int, ...]:
         return tuple(self._ids(LABEL_TOKEN + label))
@@ -153,19 +161,36 @@ class InputBuilder:
         labels: Sequence[Sequence[str]],
         prompt: str | None = None,
         examples: Sequence[Mapping[str, Any]] | None = None,
+        row_examples: Sequence[Sequence[Mapping[str, Any]] | None] | None = None,
     ) -> list[EncodedRow | LabelTooLongError]:
-        """Encode rows (texts already validated as strings; label lists already cleaned and non-empty)."""
+        """Encode rows (texts already validated as strings; label lists already cleaned and non-empty).
+
+        ``examples`` are few-shot examples for every row; ``row_examples`` (one entry per row, already
+        validated) replace them for the rows whose entry is non-empty, as the reference's per-text examples.
+        """
         texts = [scrub_text(t) for t in texts]
-        examples_text = format_examples(examples)
-        examples_ids = self._ids(examples_text) if examples_text else []
+        shared = format_examples(examples)
+        if row_examples is None:
+            examples_texts = [shared] * len(texts)
+        else:
+            examples_texts = [format_examples(ex) if ex else shared for ex in row_examples]
         if not self.exact:
-            return [self._encode_whole(t, list(ls), prompt, examples_text) for t, ls in zip(texts, labels)]
+            return [
+                self._encode_whole(t, list(ls), prompt, ex) for t, ls, ex in zip(texts, labels, examples_texts)
+            ]
         tail = self.tail_ids(prompt)
-        available = self.max_length - len(self.prefix) - len(self.suffix) - len(examples_ids)
         out: list[EncodedRow | LabelTooLongError] = []
-        for text, text_ids, row_labels in zip(texts, self.text_ids_batch(texts, prompt), labels):
+        rows = zip(texts, self.text_ids_batch(texts, prompt), labels, examples_texts)
+        for text, text_ids, row_labels, examples_text in rows:
+            examples_ids = list(self._examples_ids(examples_text))
+            available = self.max_length - len(self.prefix) - len(self.suffix) - len(examples_ids)
             cut = len(text) > self.max_length * MAX_CHARS_PER_TOKEN
             try:
+                if examples_ids and available < len(tail) + MIN_TEXT_TOKENS:
+                    raise ExamplesTooLongError(
+                        f"the few-shot examples ({len(examples_ids)} tokens) leave no room for labels and text in "
+                        f"the {self.max_length}-token window; give fewer or shorter examples"
+                    )
                 out.append(self._encode_row(text_ids, list(row_labels), tail, examples_ids, available, cut))
             except LabelTooLongError as exc:
                 out.append(exc)

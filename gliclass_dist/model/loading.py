@@ -17,14 +17,29 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from gliclass_dist.model.config import EXAMPLE_TOKEN, LABEL_TOKEN, SEP_TOKEN, GLiClassConfig
+from gliclass_dist.model.bi_encoder import GLiClassBiEncoderModel
+from gliclass_dist.model.bi_inputs import BiEncoderInputBuilder
+from gliclass_dist.model.config import (
+    BI_ENCODER_ARCHITECTURES,
+    EXAMPLE_TOKEN,
+    LABEL_TOKEN,
+    SEP_TOKEN,
+    GLiClassConfig,
+)
+from gliclass_dist.model.decoder import DecoderKVInputBuilder, GLiClassDecoderKVModel
+from gliclass_dist.model.inputs import InputBuilder
 from gliclass_dist.model.modeling import GLiClassModel
 
 logger = logging.getLogger(__name__)
 
 IGNORED_UNEXPECTED = ("position_embeddings", "position_ids")
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+LABEL_TOKENIZER_DIR = "label_tokenizer"  # a bi-encoder's label tokenizer, saved inside the checkpoint folder
+
+AnyModel = GLiClassModel | GLiClassBiEncoderModel | GLiClassDecoderKVModel
+AnyInputBuilder = InputBuilder | BiEncoderInputBuilder | DecoderKVInputBuilder
 
 
 class CheckpointError(ValueError):
@@ -109,12 +124,24 @@ def _read_state_dict(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{path}: no weights found (model.safetensors is missing)")
 
 
-def load_model(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> GLiClassModel:
+def build_model(config: GLiClassConfig) -> AnyModel:
+    """The network for ``config.architecture_type``, with random weights."""
+    if config.architecture_type in BI_ENCODER_ARCHITECTURES:
+        return GLiClassBiEncoderModel(config)
+    if config.architecture_type == "decoder-kv":
+        return GLiClassDecoderKVModel(config)
+    return GLiClassModel(config)
+
+
+def load_model(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> AnyModel:
     """Build the network from ``config.json`` and load its weights (CPU, float32, eval mode)."""
     path = Path(path)
     config = load_config(path)
     state = _read_state_dict(path, allow_pickle)
-    model = GLiClassModel(config)
+    try:
+        model = build_model(config)
+    except (ValueError, NotImplementedError) as exc:
+        raise CheckpointError(f"{path / 'config.json'}: {exc}") from None
     expected = model.state_dict()
     for key, tensor in state.items():
         if key in expected and expected[key].shape != tensor.shape:
@@ -147,20 +174,50 @@ def check_finite_weights(model: torch.nn.Module, path: str | os.PathLike[str]) -
             )
 
 
-def load_tokenizer(path: str | os.PathLike[str], config: GLiClassConfig) -> PreTrainedTokenizerBase:
-    """Load the checkpoint's tokenizer and check that it carries the label tokens the config expects."""
-    path = Path(path)
+def saved_tokenizer_class(path: str | os.PathLike[str]) -> str | None:
+    """``tokenizer_class`` of the folder's ``tokenizer_config.json`` (None if absent or unreadable)."""
+    try:
+        return json.loads((Path(path) / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def auto_tokenizer(path: str | os.PathLike[str], encoder_config: Any, what: str = "the tokenizer") -> PreTrainedTokenizerBase:
+    """``AutoTokenizer`` for a backbone; a failure is a ``CheckpointError`` naming the folder."""
     # the encoder's config tells AutoTokenizer the tokenizer class without reading our config.json (whose
     # model_type transformers does not know, and would warn about)
-    kwargs: dict[str, Any] = {"config": config.encoder_config}
-    if config.encoder_config.model_type == "modernbert":
+    kwargs: dict[str, Any] = {"config": encoder_config}
+    if encoder_config.model_type == "modernbert":
         kwargs["add_prefix_space"] = True
+    loader: Any = AutoTokenizer
+    if saved_tokenizer_class(path) in GENERIC_TOKENIZER_CLASSES:
+        # a plain tokenizer.json: the backbone's config must not pick its own tokenizer class for it (a
+        # WordPiece tokenizer saved beside a Qwen2 config would be read as byte-level BPE)
+        loader, kwargs = PreTrainedTokenizerFast, {k: v for k, v in kwargs.items() if k != "config"}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
+        return loader.from_pretrained(str(path), **kwargs)
     except Exception as exc:
-        raise CheckpointError(f"{path}: the tokenizer cannot be loaded ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path}: {what} cannot be loaded ({type(exc).__name__}: {exc})") from None
+
+
+def load_tokenizer(path: str | os.PathLike[str], config: GLiClassConfig) -> PreTrainedTokenizerBase:
+    """Load the checkpoint's (text) tokenizer and check that it carries the marker tokens the model reads.
+
+    A uni-encoder reads ``<<LABEL>>`` and ``<<SEP>>``; a ``bi-encoder-fused`` reads ``<<LABEL>>``; a plain
+    ``bi-encoder`` reads none (its text input has no markers).
+    """
+    path = Path(path)
+    tokenizer = auto_tokenizer(path, config.encoder_config)
+    # the engine truncates texts itself: transformers' one-time "sequence length is longer than the specified
+    # maximum" warning would only mislead, so it is marked as already given
+    tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
     vocab = tokenizer.get_vocab()
-    for token, expected in ((LABEL_TOKEN, config.class_token_index), (SEP_TOKEN, config.text_token_index)):
+    needed = {
+        "bi-encoder": (),
+        "bi-encoder-fused": ((LABEL_TOKEN, config.class_token_index),),
+        "decoder-kv": ((LABEL_TOKEN, config.class_token_index), (SEP_TOKEN, getattr(config, "sep_token_index", None))),
+    }.get(config.architecture_type, ((LABEL_TOKEN, config.class_token_index), (SEP_TOKEN, config.text_token_index)))
+    for token, expected in needed:
         found = vocab.get(token)
         if found is None:
             raise CheckpointError(f"{path}: the tokenizer lacks the {token} token the model needs")
@@ -168,15 +225,58 @@ def load_tokenizer(path: str | os.PathLike[str], config: GLiClassConfig) -> PreT
             raise CheckpointError(
                 f"{path}: the tokenizer maps {token} to id {found} but config.json expects {expected}"
             )
-    if EXAMPLE_TOKEN in vocab and vocab[EXAMPLE_TOKEN] != config.example_token_index:
+    if needed and EXAMPLE_TOKEN in vocab and vocab[EXAMPLE_TOKEN] != config.example_token_index:
         logger.warning("%s: %s has id %d, config says %d", path, EXAMPLE_TOKEN, vocab[EXAMPLE_TOKEN], config.example_token_index)
     return tokenizer
 
 
+def load_label_tokenizer(path: str | os.PathLike[str], config: GLiClassConfig) -> PreTrainedTokenizerBase:
+    """A bi-encoder's label tokenizer: ``<checkpoint>/label_tokenizer/`` if present, else ``label_model_name``.
+
+    The reference loads it from ``label_model_name`` (a hub id or a folder); our ``save_pretrained`` also
+    writes it into the checkpoint, so a saved checkpoint is self-contained offline.
+    """
+    inside = Path(path) / LABEL_TOKENIZER_DIR
+    if inside.is_dir():
+        return auto_tokenizer(inside, config.label_model_config, "the label tokenizer")
+    name = config.label_model_name
+    if not name:
+        raise CheckpointError(
+            f"{path}: a {config.architecture_type} checkpoint needs a label tokenizer: neither a "
+            f"{LABEL_TOKENIZER_DIR}/ folder nor label_model_name in config.json"
+        )
+    try:
+        source = resolve_model_ref(name)
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"{path}: the label tokenizer (label_model_name {name!r}) cannot be found: {exc}. Copy its tokenizer "
+            f"files into {inside}"
+        ) from None
+    return auto_tokenizer(source, config.label_model_config, f"the label tokenizer ({name!r})")
+
+
+def load_input_builder(
+    path: str | os.PathLike[str],
+    config: GLiClassConfig,
+    max_length: int | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> AnyInputBuilder:
+    """The input builder for the checkpoint's architecture (tokenizers loaded here unless ``tokenizer`` is given)."""
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path, config)
+    if config.architecture_type in BI_ENCODER_ARCHITECTURES:
+        return BiEncoderInputBuilder(tokenizer, load_label_tokenizer(path, config), config, max_length)
+    if config.architecture_type == "decoder-kv":
+        return DecoderKVInputBuilder(tokenizer, config, max_length)
+    return InputBuilder(tokenizer, config, max_length)
+
+
 def save_pretrained(
-    model: GLiClassModel, path: str | os.PathLike[str], tokenizer: PreTrainedTokenizerBase | None = None
+    model: AnyModel,
+    path: str | os.PathLike[str],
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    label_tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (+ tokenizer) in the published layout."""
+    """Write ``config.json`` + ``model.safetensors`` (+ tokenizer, + a bi-encoder's label tokenizer) in the published layout."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.config.architectures = ["GLiClassModel"]
@@ -185,4 +285,6 @@ def save_pretrained(
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
+    if label_tokenizer is not None:
+        label_tokenizer.save_pretrained(str(path / LABEL_TOKENIZER_DIR))
     return path

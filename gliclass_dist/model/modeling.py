@@ -9,15 +9,19 @@ Where we deliberately differ from the reference implementation: text pooling hon
 attention mask (so a row's scores do not depend on its batch-mates). For most settings that equals
 the reference run one text at a time; with ``extract_text_features`` + ``avg`` pooling the reference
 divides by the whole sequence length even for one text, and the scores differ
-(``tests/test_parity.py`` pins the difference).
+(``tests/test_parity.py`` pins the difference). ``gliclass_dist/model/README.md`` lists every
+option and where it differs (``squeeze_layers``: the reference fails, we follow its intended math).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from transformers import AutoModel
 from transformers.activations import ACT2FN
@@ -33,6 +37,7 @@ class GLiClassOutput:
     label_mask: torch.Tensor
     text_embeddings: torch.Tensor | None = None
     class_embeddings: torch.Tensor | None = None
+    uncalibrated_logits: torch.Tensor | None = None  # set when the checkpoint has a calibrator head
 
 
 class FeaturesProjector(nn.Module):
@@ -94,7 +99,13 @@ def masked_pool(x: torch.Tensor, mask: torch.Tensor, strategy: str) -> torch.Ten
 class DotScorer(nn.Module):
     """``simple``: dot product of text and label vectors."""
 
-    def forward(self, text: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        text: torch.Tensor,
+        labels: torch.Tensor,
+        label_mask: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return torch.einsum("bd,bkd->bk", text, labels)
 
 
@@ -111,7 +122,13 @@ class MLPScorer(nn.Module):
             nn.Linear(mlp_hidden_size // 2, 1),
         )
 
-    def forward(self, text: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        text: torch.Tensor,
+        labels: torch.Tensor,
+        label_mask: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         expanded = text.unsqueeze(1).expand(-1, labels.shape[1], -1)
         return self.mlp(torch.cat([expanded, labels], dim=-1)).squeeze(-1)
 
@@ -130,7 +147,13 @@ class WeightedDotScorer(nn.Module):
             nn.Linear(hidden_size * 4, 1),
         )
 
-    def forward(self, text: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        text: torch.Tensor,
+        labels: torch.Tensor,
+        label_mask: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         batch, num_labels, dim = labels.shape
         t1, t2 = self.proj_text(text).view(batch, 1, 2, dim).unbind(dim=2)
         l1, l2 = self.proj_label(labels).view(batch, num_labels, 2, dim).unbind(dim=2)
@@ -139,14 +162,213 @@ class WeightedDotScorer(nn.Module):
         return self.out_mlp(torch.cat([t1, l1, t2 * l2], dim=-1)).squeeze(-1)
 
 
+class HopfieldScorer(nn.Module):
+    """``hopfield``: each label vector takes one Hopfield step towards the text, then an MLP (D -> 256 -> 128 -> 1).
+
+    The step's attention is a softmax over the row's labels (beta 4, one iteration, as in the reference), so
+    a label's score depends on the other labels of its pass; padded label slots are left out of the softmax.
+    """
+
+    def __init__(
+        self, hidden_size: int, mlp_hidden_size: int = 256, beta: float = 4.0, iterations: int = 1
+    ) -> None:
+        super().__init__()
+        self.q_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.k_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.v_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden_size, mlp_hidden_size),
+            nn.ReLU(),
+            nn.Linear(mlp_hidden_size, mlp_hidden_size // 2),
+            nn.ReLU(),
+            nn.Linear(mlp_hidden_size // 2, 1),
+        )
+        self.beta = beta
+        self.iterations = iterations
+
+    def forward(
+        self,
+        text: torch.Tensor,
+        labels: torch.Tensor,
+        label_mask: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        key = self.k_proj(text)
+        value = self.v_proj(text)
+        for _ in range(self.iterations):
+            attn = torch.einsum("bkd,bd->bk", self.q_proj(labels), key) * self.beta
+            if label_mask is not None:
+                attn = attn.masked_fill(~label_mask.bool(), torch.finfo(attn.dtype).min)
+            labels = labels + attn.softmax(dim=1).unsqueeze(-1) * value.unsqueeze(1)
+        return self.mlp(labels).squeeze(-1)
+
+
+class CrossAttnScorer(nn.Module):
+    """``cross-attn``: each label attends to the text's tokens (pooling ``pass``), then an MLP over [context, label].
+
+    Multi-head attention with pre-norms (queries from the labels, keys from the text), an output projection
+    and a LayerNorm; the MLP is 2D -> ``scorer_mlp_hidden_size`` -> half -> 1 with GELU.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_hidden_size: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_norm = nn.LayerNorm(hidden_size)
+        self.kv_norm = nn.LayerNorm(hidden_size)
+        self.q = nn.Linear(hidden_size, hidden_size)
+        self.k = nn.Linear(hidden_size, hidden_size)
+        self.v = nn.Linear(hidden_size, hidden_size)
+        self.out = nn.Linear(hidden_size, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size)
+        self.score_mlp = nn.Sequential(
+            nn.Linear(hidden_size * 2, mlp_hidden_size),
+            nn.GELU(),
+            nn.Linear(mlp_hidden_size, mlp_hidden_size // 2),
+            nn.GELU(),
+            nn.Linear(mlp_hidden_size // 2, 1),
+        )
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x.shape
+        return x.view(batch, length, self.num_heads, dim // self.num_heads).transpose(1, 2)
+
+    def forward(
+        self,
+        text: torch.Tensor,
+        labels: torch.Tensor,
+        label_mask: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        batch, num_labels, dim = labels.shape
+        query = self.heads(self.q(self.q_norm(labels)))
+        key = self.heads(self.k(self.kv_norm(text)))
+        value = self.heads(self.v(text))
+        attn_mask = None if text_mask is None else text_mask.bool()[:, None, None, :]
+        context = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask)
+        context = self.norm(self.out(context.transpose(1, 2).reshape(batch, num_labels, dim)))
+        return self.score_mlp(torch.cat([context, labels], dim=-1)).squeeze(-1)
+
+
 def build_scorer(config: GLiClassConfig) -> nn.Module:
+    """The scorer module of ``config.scorer_type`` (sizes as the reference builds them)."""
     if config.scorer_type == "simple":
         return DotScorer()
     if config.scorer_type == "mlp":
         return MLPScorer(config.hidden_size)
     if config.scorer_type == "weighted-dot":
         return WeightedDotScorer(config.hidden_size)
+    if config.scorer_type == "hopfield":
+        return HopfieldScorer(config.hidden_size)
+    if config.scorer_type == "cross-attn":
+        return CrossAttnScorer(config.hidden_size, config.scorer_num_heads, config.scorer_mlp_hidden_size)
     raise NotImplementedError(f"scorer_type {config.scorer_type!r} is not supported yet")
+
+
+class LayerwiseAttention(nn.Module):
+    """``squeeze_layers``: a squeeze-and-excitation weighting of the encoder's layer outputs, summed and projected.
+
+    Reads the outputs of the N transformer layers (not the embedding output: the reference passes all
+    N + 1 hidden states to weights sized for N and fails). The squeeze averages each layer's scores over
+    the row's tokens (the reference averages over padding too; one text at a time that is the same).
+    """
+
+    def __init__(self, num_layers: int, hidden_size: int) -> None:
+        super().__init__()
+        self.squeeze = nn.Linear(hidden_size, 1)
+        self.W1 = nn.Linear(num_layers, num_layers // 2)
+        self.W2 = nn.Linear(num_layers // 2, num_layers)
+        self.output_projection = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, layers: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        stacked = torch.stack(list(layers), dim=1)  # [B, N, T, D]
+        weights = mask.to(stacked.dtype).unsqueeze(1)  # [B, 1, T]
+        squeezed = (self.squeeze(stacked).squeeze(-1) * weights).sum(-1) / weights.sum(-1).clamp(min=1.0)
+        excitation = torch.sigmoid(self.W2(F.relu(self.W1(squeezed))))  # [B, N]
+        return self.output_projection((stacked * excitation[:, :, None, None]).sum(dim=1))
+
+
+NUM_LOGIT_FEATURES = 6
+
+
+def logit_features(logits: torch.Tensor, label_mask: torch.Tensor) -> torch.Tensor:
+    """Per (text, label) statistics the calibrator reads: ``[B, K, 6]``, zero on padded slots.
+
+    z, |z|, z - the row's max z, z - the row's mean z, the row's mean binary entropy, log(labels in the row).
+    """
+    mask = label_mask.bool()
+    weights = mask.to(logits.dtype)
+    count = weights.sum(dim=-1, keepdim=True).clamp(min=1.0)
+    top = logits.masked_fill(~mask, float("-inf")).amax(dim=-1, keepdim=True)
+    top = torch.where(mask.any(dim=-1, keepdim=True), top, torch.zeros_like(top))
+    mean = (logits * weights).sum(dim=-1, keepdim=True) / count
+    probs = torch.sigmoid(logits)
+    entropy = -(probs * F.logsigmoid(logits) + (1 - probs) * F.logsigmoid(-logits))
+    mean_entropy = (entropy * weights).sum(dim=-1, keepdim=True) / count
+    features = [
+        logits,
+        logits.abs(),
+        logits - top,
+        logits - mean,
+        mean_entropy.expand_as(logits),
+        count.log().expand_as(logits),
+    ]
+    return torch.stack(features, dim=-1) * weights.unsqueeze(-1)
+
+
+class Calibrator(nn.Module):
+    """``use_calibrator``: per (text, label) an inverse temperature beta in (0, beta_max) and optionally a bias;
+    the calibrated logit is ``beta * z + bias`` (what the reference's pipeline scores)."""
+
+    def __init__(self, config: GLiClassConfig) -> None:
+        super().__init__()
+        size = (
+            config.hidden_size
+            if config.architecture_type == "decoder-kv"
+            else config.encoder_config.hidden_size
+        )
+        hidden = int(config.calibrator_hidden_size)
+        self.beta_max = float(config.calibrator_beta_max)
+        self.use_bias = bool(config.calibrator_use_bias)
+        self.text_norm = nn.LayerNorm(size)
+        self.label_norm = nn.LayerNorm(size)
+        self.mlp = nn.Sequential(
+            nn.Linear(4 * size + NUM_LOGIT_FEATURES, hidden),
+            nn.GELU(),
+            nn.Dropout(config.calibrator_dropout),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Dropout(config.calibrator_dropout),
+            nn.Linear(hidden, 2 if self.use_bias else 1),
+        )
+        with (
+            torch.no_grad()
+        ):  # a fresh calibrator is the identity: beta 1, bias 0 (as the reference starts it)
+            ratio = min(max(1.0 / self.beta_max, 1e-4), 1 - 1e-4)
+            self.mlp[-1].weight.zero_()
+            self.mlp[-1].bias.zero_()
+            self.mlp[-1].bias[0] = math.log(ratio / (1 - ratio))
+
+    def forward(
+        self, text: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor, label_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The calibrated logits ``[B, K]`` (padded slots unchanged)."""
+        mask = label_mask.bool()
+        dtype = self.mlp[0].weight.dtype
+        text_n = self.text_norm(text.to(dtype)).unsqueeze(1).expand_as(labels)
+        label_n = self.label_norm(labels.to(dtype))
+        stats = logit_features(logits.float(), mask).to(dtype)
+        out = self.mlp(
+            torch.cat([text_n, label_n, text_n * label_n, (text_n - label_n).abs(), stats], dim=-1)
+        ).float()
+        beta = (self.beta_max * torch.sigmoid(out[..., 0])).masked_fill(~mask, 1.0)
+        bias = out[..., 1].masked_fill(~mask, 0.0) if self.use_bias else torch.zeros_like(beta)
+        return (beta * logits.float() + bias).to(logits.dtype)
+
+
+def front_align(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's masked positions to the front, in order: ``(x, mask)`` gathered (for the LSTM)."""
+    order = torch.sort((~mask.bool()).to(torch.int8), dim=1, stable=True).indices
+    return x.gather(1, order.unsqueeze(-1).expand_as(x)), mask.gather(1, order)
 
 
 class UniEncoder(nn.Module):
@@ -165,6 +387,9 @@ class UniEncoder(nn.Module):
             self.lstm = BiLSTM(config.hidden_size)
         if config.use_segment_embeddings:
             self.segment_embeddings = nn.Embedding(3, config.encoder_config.hidden_size)
+        if config.squeeze_layers:
+            enc = config.encoder_config
+            self.layer_wise_attention = LayerwiseAttention(enc.num_hidden_layers, enc.hidden_size)
         self.dropout = nn.Dropout(config.dropout)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
         self.epsilon = 1e-8
@@ -202,11 +427,17 @@ class UniEncoder(nn.Module):
                 before_text = (input_ids == cfg.text_token_index).long().cumsum(dim=-1) == 0
             else:
                 before_text = torch.ones_like(is_class)
-            span = (ordinal.unsqueeze(1) == slots + 1) & before_text.unsqueeze(1) & attention_mask.bool().unsqueeze(1)
+            span = (
+                (ordinal.unsqueeze(1) == slots + 1)
+                & before_text.unsqueeze(1)
+                & attention_mask.bool().unsqueeze(1)
+            )
             if not cfg.embed_class_token:
                 span = span & ~is_class.unsqueeze(1)
             weights = span.to(hidden.dtype)
-            vectors = torch.einsum("bks,bsd->bkd", weights, hidden) / weights.sum(-1, keepdim=True).clamp(min=1)
+            vectors = torch.einsum("bks,bsd->bkd", weights, hidden) / weights.sum(-1, keepdim=True).clamp(
+                min=1
+            )
         else:
             select = is_class.unsqueeze(1) & (ordinal.unsqueeze(1) - 1 == slots)
             if not cfg.embed_class_token:
@@ -224,33 +455,53 @@ class UniEncoder(nn.Module):
             mask = mask & from_sep
         return mask
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_embeddings: bool = False
-    ) -> GLiClassOutput:
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The token states the heads read: the last layer, ``encoder_layer_id``'s, or the ``squeeze_layers`` mix.
+
+        ``layer_wise`` changes only training (a loss per layer); at inference it reads these same states.
+        """
         cfg = self.config
-        kwargs = {}
-        if cfg.encoder_layer_id != -1:
-            kwargs["output_hidden_states"] = True
+        all_layers = cfg.encoder_layer_id != -1 or cfg.squeeze_layers
+        kwargs = {"output_hidden_states": True} if all_layers else {}
         if cfg.use_segment_embeddings:
             embeds = self.encoder_model.get_input_embeddings()(input_ids)
             embeds = embeds + self.segment_embeddings(self.segment_ids(input_ids))
             out = self.encoder_model(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
         else:
             out = self.encoder_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        hidden = out.hidden_states[cfg.encoder_layer_id] if cfg.encoder_layer_id != -1 else out[0]
+        if cfg.encoder_layer_id != -1:
+            return out.hidden_states[cfg.encoder_layer_id]
+        if cfg.squeeze_layers:
+            return self.layer_wise_attention(out.hidden_states[1:], attention_mask)
+        return out[0]
 
+    def text_features(
+        self, hidden: torch.Tensor, text_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The projected text: ``[B, D]`` pooled, or ``[B, T, D]`` per token with pooling ``pass``; and its mask."""
+        cfg = self.config
+        tokens = hidden
+        if cfg.use_lstm:  # the reference's LSTM reads the text tokens from position 0 on: align them there
+            tokens, text_mask = front_align(hidden, text_mask)
+            tokens = self.lstm(tokens * text_mask.unsqueeze(-1).to(tokens.dtype), text_mask)
+        if cfg.pooling_strategy == "pass":
+            return self.dropout(self.text_projector(tokens)), text_mask
+        return self.dropout(
+            self.text_projector(masked_pool(tokens, text_mask, cfg.pooling_strategy))
+        ), text_mask
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_embeddings: bool = False
+    ) -> GLiClassOutput:
+        cfg = self.config
+        hidden = self.encode(input_ids, attention_mask)
         classes, label_mask = self.class_vectors(hidden, input_ids, attention_mask)
-        text_mask = self.text_mask(input_ids, attention_mask)
-        text_tokens = hidden
-        if cfg.use_lstm:
-            text_tokens = self.lstm(hidden * text_mask.unsqueeze(-1).to(hidden.dtype), text_mask)
-        pooled = masked_pool(text_tokens, text_mask, cfg.pooling_strategy)
-        text_vec = self.dropout(self.text_projector(pooled))
+        text_vec, text_mask = self.text_features(hidden, self.text_mask(input_ids, attention_mask))
         class_vecs = self.classes_projector(classes)
         if cfg.normalize_features:
             text_vec = text_vec / (text_vec.norm(p=2, dim=-1, keepdim=True) + self.epsilon)
             class_vecs = class_vecs / (class_vecs.norm(p=2, dim=-1, keepdim=True) + self.epsilon)
-        logits = self.scorer(text_vec, class_vecs)
+        logits = self.scorer(text_vec, class_vecs, label_mask=label_mask, text_mask=text_mask)
         if cfg.normalize_features:
             logits = logits * self.logit_scale
         return GLiClassOutput(
@@ -269,12 +520,20 @@ class GLiClassModel(nn.Module):
         config.check_supported()
         self.config = config
         self.model = UniEncoder(config)
+        self.calibrator = Calibrator(config) if config.use_calibrator else None
         init_heads(self, config.initializer_range)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_embeddings: bool = False
     ) -> GLiClassOutput:
-        return self.model(input_ids, attention_mask, return_embeddings=return_embeddings)
+        if self.calibrator is None:
+            return self.model(input_ids, attention_mask, return_embeddings=return_embeddings)
+        out = self.model(input_ids, attention_mask, return_embeddings=True)
+        out.uncalibrated_logits = out.logits
+        out.logits = self.calibrator(out.text_embeddings, out.class_embeddings, out.logits, out.label_mask)
+        if not return_embeddings:
+            out.text_embeddings = out.class_embeddings = None
+        return out
 
     @property
     def encoder(self) -> nn.Module:
