@@ -4,6 +4,7 @@
     python bench/probes.py label-cache                 # cached label ids vs whole-string tokenization speed
     python bench/probes.py chunks                      # label chunks and tokens per row vs the reference
     python bench/probes.py omp                         # OMP_WAIT_POLICY ACTIVE vs PASSIVE, alone and 2 processes
+    python bench/probes.py plumbing --before DIR       # classify_arrow rows/s, tiny model, 1 thread: DIR vs this tree
 """
 
 from __future__ import annotations
@@ -114,6 +115,59 @@ def omp_probe(text_set: str, n: int) -> None:
     print(f"   OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} {text_set} {rate:.2f} texts/s", flush=True)
 
 
+def plumbing(before: Path, rounds: int, rows: int, reps: int) -> None:
+    """The engine's own overhead: ``classify_arrow`` rows/s with a tiny model on one thread (the model costs
+    little, so the rate is mostly encoding, planning and building results), for another checkout ``before``
+    (e.g. ``git worktree add /tmp/before <commit>``) and this tree, alternating child processes."""
+    import json
+    import statistics
+    import tempfile
+
+    from gliclass_dist.model.tiny import build_tiny_checkpoint
+
+    model = build_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="plumbing_")) / "tiny", backbone="bert", seed=0)
+    trees = {"before": before.resolve(), "after": common.ROOT}
+    rates: dict[str, list[float]] = {name: [] for name in trees}
+    for r in range(rounds):
+        for name, tree in trees.items():
+            env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1")
+            cmd = [sys.executable, __file__, "plumbing-child", str(model), str(rows), str(reps)]
+            out = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True, check=True)
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            rates[name] += result["rows_per_s"]
+            print(f"round {r} {name:6s} {result['rows_per_s']} rows/s (engine from {result['engine']})", flush=True)
+    before_rate, after_rate = (statistics.median(rates[name]) for name in trees)
+    print(f"median rows/s: before {before_rate:.0f}, after {after_rate:.0f}, after/before {after_rate / before_rate:.3f} "
+          "(machine shared with other jobs)")
+
+
+def plumbing_child(model: str, rows: int, reps: int) -> None:
+    import json
+    import random
+
+    import pyarrow as pa
+    import torch
+
+    import gliclass_dist.engine as engine
+    from gliclass_dist.labels import LabelSpec
+
+    torch.set_num_threads(1)
+    clf = engine.Classifier.from_pretrained(model, device="cpu")
+    vocab = [w for w in clf.builder.tokenizer.get_vocab() if w.isalpha() and len(w) > 2]
+    rng = random.Random(0)
+    texts = [" ".join(rng.choices(vocab, k=rng.randint(4, 30))) for _ in range(rows)]  # distinct rows
+    table = pa.table({"id": list(range(rows)), "text": texts})
+    spec = LabelSpec(labels=["sports", "politics", "tech", "business", "music"])
+    clf.classify_arrow(table.slice(0, 64), spec, keep=["id"])
+    out = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        for i in range(0, rows, 256):
+            clf.classify_arrow(table.slice(i, 256), spec, keep=["id"])
+        out.append(round(rows / (time.perf_counter() - started), 1))
+    print(json.dumps({"rows_per_s": out, "engine": engine.__file__}))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="probe", required=True)
@@ -127,7 +181,22 @@ def main(argv: list[str] | None = None) -> int:
     op = sub.add_parser("omp-probe")
     op.add_argument("text_set")
     op.add_argument("n", type=int)
+    pl = sub.add_parser("plumbing")
+    pl.add_argument("--before", type=Path, required=True, help="another checkout (git worktree) to compare with")
+    pl.add_argument("--rounds", type=int, default=3)
+    pl.add_argument("--rows", type=int, default=2048)
+    pl.add_argument("--reps", type=int, default=2)
+    pc = sub.add_parser("plumbing-child")
+    pc.add_argument("model")
+    pc.add_argument("rows", type=int)
+    pc.add_argument("reps", type=int)
     args = parser.parse_args(argv)
+    if args.probe == "plumbing":
+        plumbing(args.before, args.rounds, args.rows, args.reps)
+        return 0
+    if args.probe == "plumbing-child":
+        plumbing_child(args.model, args.rows, args.reps)
+        return 0
     common.bench_checkpoint()
     if args.probe == "token-budget":
         token_budget(args.labels, args.budgets, args.rounds)

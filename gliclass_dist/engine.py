@@ -14,7 +14,11 @@ It owns what makes inference fast and safe:
   reduced budget is kept (across calls too) and doubles back after ``RECOVER_AFTER_BATCHES`` good batches;
 - per-row fault isolation: a batch failing otherwise is split down to single rows, and a row that still
   fails gets ``status = "error: ..."``; a row whose scores are NaN/inf gets ``error: non-finite scores``;
-- a per-row status for bad input (null/empty/non-string text, no labels), never a dropped row.
+- a per-row status for bad input (null/empty/non-string text, no labels), never a dropped row;
+- no repeated work: rows with the same model input in one call are scored once, and an optional bounded
+  LRU cache (``result_cache_rows``, ``gliclass_dist.result_cache``) answers rows seen in earlier calls;
+- results built column-wise from the merged logits (``result_table``): one path, encode -> score -> Arrow,
+  for ``classify_arrow``, ``score_arrow`` (Ray's model stage, Serve) and ``classify``/``__call__``.
 """
 
 from __future__ import annotations
@@ -22,10 +26,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,9 +53,11 @@ from gliclass_dist.labels import (
     validate_fixed_labels,
 )
 from gliclass_dist.model.inputs import EncodedRow, InputBuilder
-from gliclass_dist.model.loading import load_model, load_tokenizer, resolve_model_ref
+from gliclass_dist.model.loading import load_input_builder, load_model, load_tokenizer, resolve_model_ref
 from gliclass_dist.model.modeling import GLiClassModel
-from gliclass_dist.schema import SCORE_TYPE, Status, output_schema
+from gliclass_dist.result_cache import ResultCache, row_key
+from gliclass_dist.schema import RESULT_SCHEMA, SCORE_TYPE, Status, output_schema
+from gliclass_dist.settings import EngineSettings
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +79,8 @@ CPU_TOKEN_BUDGET = 2_048
 # re-planned under it; after RECOVER_AFTER_BATCHES successful forward passes it doubles, up to token_budget.
 MIN_TOKEN_BUDGET = 64
 RECOVER_AFTER_BATCHES = 16
+# Rows per encode + score round of ``Classifier.classify`` when no ``batch_size`` is given.
+CLASSIFY_BATCH_ROWS = 1024
 
 
 def default_token_budget(device: torch.device) -> int:
@@ -134,6 +142,9 @@ class Classifier:
     """
 
     fault_hook: Callable[[int], None] | None = None
+    # Rows with the same model input (token id chunks) in one scoring call are scored once; False (with the
+    # result cache off) scores every row (benchmarks and parity checks compare the two).
+    deduplicate: bool = True
 
     def __init__(
         self,
@@ -154,6 +165,7 @@ class Classifier:
         self.model = apply_backend(model.to(device=self.device, dtype=self.dtype).eval(), backend)
         self.builder = builder
         self.model_name = model_name
+        self.settings: EngineSettings | None = None  # what it was loaded from (set by from_settings)
         # post-hoc logit calibration (gliclass_dist.calibration), applied to every row before the sigmoid/softmax
         self.calibration = None if calibration is None or calibration.is_identity else calibration
         # rows kept in the cross-batch result cache (0: off); see the result cache in _predict
@@ -168,6 +180,8 @@ class Classifier:
             "padded_tokens": 0,
             "row_errors": 0,
             "oom_backoffs": 0,
+            "cache_hits": 0,
+            "duplicate_rows": 0,
         }
         logger.info(
             "classifier ready: model=%s device=%s dtype=%s backend=%s window=%d token_budget=%d",
@@ -192,32 +206,61 @@ class Classifier:
         allow_pickle: bool = False,
         model_name: str | None = None,
         backend: str = "torch",
+        threads: int | None = None,
+        result_cache_rows: int = 0,
     ) -> Classifier:
         """Load a checkpoint (local folder or hub id) once; every check runs here, before any batch.
 
+        The keywords are the fields of ``gliclass_dist.settings.EngineSettings`` (see ``from_settings``).
         ``token_budget`` caps the padded tokens of one forward pass (default: 2,048 on CPU, 16,384 on GPU).
 
         ``backend="int8"`` (CPU, float32 only) quantizes the encoder's linear layers to int8 for a
         faster CPU path; scores move slightly (see bench/NOTES.md for the measured F1 change).
         """
+        settings = EngineSettings(
+            ref=str(ref),
+            revision=revision,
+            device=device or "auto",
+            dtype=dtype or "auto",
+            backend=backend,
+            max_length=max_length,
+            token_budget=token_budget,
+            threads=threads,
+            allow_pickle=allow_pickle,
+            model_name=model_name,
+            result_cache_rows=result_cache_rows,
+        )
+        return cls.from_settings(settings)
+
+    @classmethod
+    def from_settings(cls, settings: EngineSettings) -> Classifier:
+        """Load the checkpoint ``settings`` describe, on its device, dtype and backend; applies ``threads``.
+
+        The OpenMP wait policy is a worker's start-up setting (``gliclass_dist.worker.configure_worker``):
+        front ends apply it before this module imports torch.
+        """
+        from gliclass_dist.worker import configure_worker
+
         started = time.perf_counter()
-        path = resolve_model_ref(ref, revision)
-        model = load_model(path, allow_pickle=allow_pickle)
+        if settings.threads is not None:
+            configure_worker(threads=settings.threads)
+        path = resolve_model_ref(settings.ref, settings.revision)
+        model = load_model(path, allow_pickle=settings.allow_pickle)
         tokenizer = load_tokenizer(path, model.config)
-        builder = InputBuilder(tokenizer, model.config, max_length)
-        calibration = load_calibration(path)
-        name = model_name or (str(ref) if not Path(str(ref)).exists() else Path(str(ref)).resolve().name)
+        builder = load_input_builder(path, model.config, settings.max_length, tokenizer)
         clf = cls(
             model,
             builder,
-            model_name=name,
-            device=device,
-            dtype=dtype,
-            token_budget=token_budget,
-            backend=backend,
-            calibration=calibration,
+            model_name=settings.display_name,
+            device=settings.device,
+            dtype=settings.dtype,
+            token_budget=settings.token_budget,
+            backend=settings.backend,
+            calibration=load_calibration(path),
+            result_cache_rows=settings.result_cache_rows,
         )
-        logger.info("loaded %s from %s in %.1fs", name, path, time.perf_counter() - started)
+        clf.settings = settings
+        logger.info("loaded %s from %s in %.1fs", clf.model_name, path, time.perf_counter() - started)
         return clf
 
     # -- scoring -------------------------------------------------------------------------------
@@ -302,8 +345,60 @@ class Classifier:
                     pending = replan(pending, budget)
         return results  # type: ignore[return-value]
 
+    @property
+    def result_cache(self) -> ResultCache | None:
+        """The cross-call result cache (``result_cache_rows`` rows, LRU), or None when that is 0."""
+        rows = int(self.result_cache_rows or 0)
+        cache: ResultCache | None = getattr(self, "_result_cache", None)
+        if rows <= 0:
+            return None
+        if cache is None or cache.max_rows != rows:
+            cache = self._result_cache = ResultCache(rows)
+        return cache
+
     def score_encoded(self, rows: Sequence[EncodedRow]) -> list[np.ndarray | Exception]:
-        """Merged logits per row (all chunks, label order), or the exception that row raised."""
+        """Merged logits per row (all chunks, label order), or the exception that row raised.
+
+        Rows with the same model input (``row_key`` of their chunks) are scored once per call
+        (``deduplicate``), and rows found in the result cache (``result_cache_rows`` > 0) are not scored
+        again; either way a row gets the logits its own forward pass would give.
+        """
+        if getattr(self.model, "label_cache", None) is not None:  # a bi-encoder: its row keys omit the labels
+            from gliclass_dist.model.bi_scoring import score_bi_encoder_rows
+
+            return score_bi_encoder_rows(
+                self.model, self.builder, rows, device=self.device, budget=self.active_budget, plan=self._plan,
+                stats=self.stats, fault_hook=self.fault_hook,
+            )
+        cache = self.result_cache
+        if not (self.deduplicate or cache is not None):
+            return self._score_rows(rows)
+        keys = [row_key(row.chunks) for row in rows]
+        out: list[np.ndarray | Exception | None] = [None] * len(rows)
+        first: dict[bytes, int] = {}  # key -> the row that is scored for it
+        hits = 0
+        for i, key in enumerate(keys):
+            if key in first:
+                continue
+            cached = cache.get(key) if cache is not None else None
+            if cached is not None:
+                out[i] = cached
+                hits += 1
+            first[key] = i
+        todo = [i for i in first.values() if out[i] is None]
+        for i, result in zip(todo, self._score_rows([rows[i] for i in todo])):
+            out[i] = result
+            if cache is not None and not isinstance(result, Exception):
+                cache.put(keys[i], result)
+        for i, key in enumerate(keys):
+            if out[i] is None:
+                out[i] = out[first[key]]
+        self.stats["cache_hits"] += hits
+        self.stats["duplicate_rows"] += len(rows) - len(first)
+        return out  # type: ignore[return-value]
+
+    def _score_rows(self, rows: Sequence[EncodedRow]) -> list[np.ndarray | Exception]:
+        """Merged logits per row, every row scored (the work ``score_encoded`` leaves after de-duplication)."""
         units: list[list[int]] = []
         owner: list[int] = []
         for r, row in enumerate(rows):
@@ -331,6 +426,16 @@ class Classifier:
         return out
 
     # -- Python API ----------------------------------------------------------------------------
+    def __call__(
+        self,
+        texts: str | Sequence[Any],
+        candidate_labels: Sequence[str] | Sequence[Sequence[str]],
+        **kwargs: Any,
+    ) -> Prediction | list[Prediction]:
+        """Like a Hugging Face pipeline: one text gives one ``Prediction``, a list gives a list (see ``classify``)."""
+        preds = self.classify(texts, candidate_labels, **kwargs)
+        return preds[0] if isinstance(texts, str) else preds
+
     def classify(
         self,
         texts: Sequence[Any],
@@ -340,12 +445,19 @@ class Classifier:
         threshold: float | Mapping[str, float] = 0.5,
         prompt: str | None = None,
         examples: Sequence[Mapping[str, Any]] | None = None,
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
     ) -> list[Prediction]:
         """Classify ``texts`` against one label list for all, or one list per text.
 
         ``mode`` is ``"multi-label"`` or ``"single-label"``; ``threshold`` (or each value of a per-label
         mapping) a number within [0, 1]; ``prompt`` and ``examples`` may not contain a marker string
         (``<<LABEL>>``, ``<<SEP>>``, ``<<EXAMPLE>>``). Anything else raises ``ValueError`` naming it.
+
+        Rows take the path of ``classify_arrow`` (encoding step, scoring step, Arrow result columns),
+        ``batch_size`` rows at a time (default ``CLASSIFY_BATCH_ROWS``); the predictions are read from the
+        result columns at the end. ``show_progress_bar`` shows a tqdm bar over the rows (default: when this
+        module logs at INFO or below, stderr is a terminal and there is more than one batch).
         """
         mode = check_mode(mode)
         if isinstance(threshold, Mapping):
@@ -355,6 +467,7 @@ class Classifier:
             default_t, per_label = check_threshold(threshold), {}
         if isinstance(texts, str):
             texts = [texts]
+        texts = list(texts)
         if labels and all(isinstance(x, str) for x in labels):
             fixed = validate_fixed_labels(labels)  # type: ignore[arg-type]
             row_labels: list[Any] = [fixed] * len(texts)
@@ -362,54 +475,59 @@ class Classifier:
             if len(labels) != len(texts):
                 raise ValueError(f"got {len(texts)} texts but {len(labels)} label lists")
             row_labels = list(labels)
-        return self._classify_rows(list(texts), row_labels, mode, default_t, per_label, prompt, examples)
+        size = CLASSIFY_BATCH_ROWS if batch_size is None else batch_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"batch_size must be a positive number of rows, got {batch_size!r}")
+        starts = range(0, max(len(texts), 1), size)  # one (empty) batch for no texts: prompt and examples checked
+        if show_progress_bar is None:
+            show_progress_bar = logger.isEnabledFor(logging.INFO) and sys.stderr.isatty() and len(starts) > 1
+        from tqdm.auto import tqdm
 
-    def _classify_rows(
-        self,
-        texts: list[Any],
-        row_labels: list[Any],
-        mode: Mode,
-        threshold: float,
-        per_label: Mapping[str, float],
-        prompt: str | None,
-        examples: Sequence[Mapping[str, Any]] | None,
-    ) -> list[Prediction]:
-        statuses, encoded = prepare_rows(self.builder, texts, row_labels, prompt, examples)
-        return self._predict(statuses, encoded, mode, threshold, per_label)
+        parts: list[pa.Table] = []
+        with tqdm(total=len(texts), unit="rows", desc="classify", disable=not show_progress_bar) as bar:
+            for start in starts:
+                stop = start + size
+                statuses, rows = prepare_rows(self.builder, texts[start:stop], row_labels[start:stop], prompt, examples)
+                parts.append(self._score(statuses, rows, mode, default_t, per_label, ""))
+                bar.update(len(statuses))
+        return predictions_from_arrow(pa.concat_tables(parts))
 
-    def _predict(
+    def _score(
         self,
         statuses: Sequence[str],
-        encoded: Sequence[EncodedRow | None],
+        rows: Sequence[EncodedRow | None],
         mode: Mode,
         threshold: float,
         per_label: Mapping[str, float],
-    ) -> list[Prediction]:
-        """One prediction per row: encoded rows scored, the others keep their status."""
-        preds = [Prediction(status=status) for status in statuses]
-        scorable = [(i, row) for i, row in enumerate(encoded) if row is not None]
-        logits = self.score_encoded([row for _, row in scorable])
-        for (i, row), row_logits in zip(scorable, logits):
-            if isinstance(row_logits, Exception):
-                preds[i].status = Status.error(f"{type(row_logits).__name__}: {row_logits}")
-                continue
-            if self.calibration is not None:
-                row_logits = self.calibration.apply(row.labels, row_logits)
-            fill_prediction(preds[i], row.labels, row_logits, mode, threshold, per_label, row.truncated)
-        self.stats["rows"] += len(preds)
-        return preds
+        label_set: str,
+    ) -> pa.Table:
+        """The scoring step on the encoding step's rows: the result columns (``RESULT_SCHEMA``), one row per row.
+
+        Encoded rows are scored (``score_encoded``), their logits calibrated, then turned into results
+        column-wise (``result_table``); the other rows keep their status.
+        """
+        scorable = [i for i, row in enumerate(rows) if row is not None]
+        logits: list[np.ndarray | Exception | None] = [None] * len(rows)
+        for i, row_logits in zip(scorable, self.score_encoded([rows[i] for i in scorable])):  # type: ignore[misc]
+            if self.calibration is not None and not isinstance(row_logits, Exception):
+                row_logits = self.calibration.apply(rows[i].labels, row_logits)  # type: ignore[union-attr]
+            logits[i] = row_logits
+        self.stats["rows"] += len(statuses)
+        return result_table(statuses, rows, logits, mode, threshold, per_label, self.model_name, label_set)
 
     # -- Arrow API -----------------------------------------------------------------------------
     def score_arrow(self, encoded: EncodedBatch | pa.Table | pa.RecordBatch, spec: LabelSpec) -> pa.Table:
         """The scoring step: encoded rows (``gliclass_dist.encode``) -> the kept columns + the result columns.
 
         ``encoded`` is an ``EncodedBatch`` or its Arrow form (``EncodedBatch.to_arrow``, e.g. from Ray's
-        tokenize stage). ``spec`` gives the mode, thresholds and label set id; one row out per row in.
+        tokenize stage). ``spec`` gives the mode, thresholds and label set id (each row's labels come with
+        its encoded row); one row out per row in.
         """
         if not isinstance(encoded, EncodedBatch):
             encoded = EncodedBatch.from_arrow(encoded)
-        preds = self._predict(encoded.statuses, encoded.rows, spec.mode, spec.threshold, spec.thresholds)
-        results = predictions_to_arrow(preds, self.model_name, spec.label_set_id)
+        results = self._score(
+            encoded.statuses, encoded.rows, spec.mode, spec.threshold, spec.thresholds, spec.label_set_id
+        )
         kept = encoded.kept
         schema = output_schema(kept.schema, kept.column_names)
         return pa.Table.from_arrays(kept.columns + results.columns, schema=schema)
@@ -417,7 +535,7 @@ class Classifier:
     def classify_arrow(
         self,
         data: pa.Table | pa.RecordBatch,
-        spec: LabelSpec,
+        spec: LabelSpec | Sequence[str],
         *,
         text_column: str = "text",
         keep: Sequence[str] = (),
@@ -425,10 +543,133 @@ class Classifier:
     ) -> pa.Table:
         """Classify an Arrow table/batch; returns ``keep`` columns + results, one row per input row.
 
+        ``spec`` is a ``LabelSpec`` or a plain label list (every row scored against it, multi-label at 0.5).
         The encoding step (``gliclass_dist.encode.encode_arrow``) then the scoring step (``score_arrow``).
         """
+        spec = as_label_spec(spec)
         encoded = encode_arrow(data, self.builder, spec, text_column=text_column, keep=keep, examples=examples)
         return self.score_arrow(encoded, spec)
+
+
+def as_label_spec(spec: LabelSpec | Sequence[str]) -> LabelSpec:
+    """``spec`` itself, or a ``LabelSpec`` of a plain label list; anything else raises ``ValueError``."""
+    if isinstance(spec, LabelSpec):
+        return spec
+    if isinstance(spec, str) or not isinstance(spec, Sequence):
+        raise ValueError(f"labels must be a LabelSpec or a list of label strings, got {spec!r:.200}")
+    return LabelSpec(labels=list(spec))
+
+
+def result_table(
+    statuses: Sequence[str],
+    rows: Sequence[EncodedRow | None],
+    logits: Sequence[np.ndarray | Exception | None],
+    mode: Mode,
+    threshold: float,
+    per_label: Mapping[str, float],
+    model_name: str = "",
+    label_set: str = "",
+) -> pa.Table:
+    """The result columns (``RESULT_SCHEMA``) built column-wise from each row's merged (calibrated) logits.
+
+    ``rows[i]`` None: row ``i`` was not scored and keeps ``statuses[i]``. ``logits[i]`` an exception: the
+    row gets ``error: <type>: <message>``; logits that are not all finite (NaN/inf, e.g. an fp16 overflow):
+    ``Status.NON_FINITE`` and no scores. Otherwise scores are the sigmoid (softmax for single-label) of
+    the logits, in the row's label order; ``labels`` those at or over their threshold (the top label for
+    single-label); ``truncated`` replaces an ``ok`` status of a row whose text was cut.
+    """
+    n = len(statuses)
+    status = list(statuses)
+    scored: list[int] = []
+    for i, (row, row_logits) in enumerate(zip(rows, logits)):
+        if row is None:
+            continue
+        if isinstance(row_logits, Exception):
+            status[i] = Status.error(f"{type(row_logits).__name__}: {row_logits}")
+        elif row_logits is not None:
+            scored.append(i)
+    counts = np.array([len(logits[i]) for i in scored], dtype=np.int64)  # type: ignore[arg-type]
+    flat = np.concatenate([logits[i] for i in scored]).astype(np.float64) if scored else np.zeros(0)  # type: ignore[misc]
+    if scored:  # every scored row has at least one label, as reduceat needs
+        finite = np.logical_and.reduceat(np.isfinite(flat), np.cumsum(counts) - counts)
+        if not finite.all():
+            flat = flat[np.repeat(finite, counts)]
+            for i in np.asarray(scored)[~finite]:
+                status[i] = Status.NON_FINITE
+            scored = [i for i, ok in zip(scored, finite) if ok]
+            counts = counts[finite]
+    for i in scored:
+        if rows[i].truncated and status[i] == Status.OK:  # type: ignore[union-attr]
+            status[i] = Status.TRUNCATED
+    names = pa.array([label for i in scored for label in rows[i].labels], pa.string())  # type: ignore[union-attr]
+    lengths = np.zeros(n, dtype=np.int32)
+    lengths[scored] = counts
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    top_index = np.full(n, -1, dtype=np.int64)
+    selected_counts = np.zeros(n, dtype=np.int32)
+    probs = np.zeros(0)
+    selected = np.zeros(0, dtype=bool)
+    if scored:
+        starts = offsets[scored]
+        if mode == "single-label":
+            shifted = np.exp(flat - np.repeat(np.maximum.reduceat(flat, starts), counts))
+            probs = shifted / np.repeat(np.add.reduceat(shifted, starts), counts)
+        else:
+            probs = 1.0 / (1.0 + np.exp(-flat))
+        best = np.repeat(np.maximum.reduceat(probs, starts), counts)
+        top = np.minimum.reduceat(np.where(probs == best, np.arange(len(probs)), len(probs)), starts)
+        top_index[scored] = top
+        if mode == "single-label":
+            selected = np.zeros(len(probs), dtype=bool)
+            selected[top] = True
+        elif per_label:
+            bars = [per_label.get(label, threshold) for label in names.to_pylist()]
+            selected = probs >= np.asarray(bars, dtype=np.float64)
+        else:
+            selected = probs >= threshold
+        selected_counts[scored] = np.add.reduceat(selected.astype(np.int32), starts)
+    selected_offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(selected_counts, out=selected_offsets[1:])
+    scores = pa.array(probs.astype(np.float32), pa.float32())
+    score_fields = [SCORE_TYPE.field(k) for k in range(SCORE_TYPE.num_fields)]
+    top_at = pa.array(top_index, mask=top_index < 0)
+    columns = [
+        pa.ListArray.from_arrays(pa.array(selected_offsets), names.filter(pa.array(selected, pa.bool_()))),
+        pa.ListArray.from_arrays(pa.array(offsets), pa.StructArray.from_arrays([names, scores], fields=score_fields)),
+        names.take(top_at),
+        scores.take(top_at),
+        pa.array(status, pa.string()),
+        pa.repeat(pa.scalar(model_name, pa.string()), n),
+        pa.repeat(pa.scalar(label_set, pa.string()), n),
+    ]
+    return pa.Table.from_arrays(columns, schema=RESULT_SCHEMA)
+
+
+def predictions_from_arrow(results: pa.Table) -> list[Prediction]:
+    """One ``Prediction`` per row of a table holding the result columns (``RESULT_SCHEMA``)."""
+    scores = results.column("scores").combine_chunks()
+    if isinstance(scores, pa.ChunkedArray):  # an empty table has no chunk to combine
+        scores = pa.array([], scores.type)
+    offsets = scores.offsets.to_numpy().tolist()
+    names = scores.values.field("label").to_pylist()
+    values = scores.values.field("score").to_pylist()
+    columns = zip(
+        results.column("labels").to_pylist(),
+        results.column("top_label").to_pylist(),
+        results.column("top_score").to_pylist(),
+        results.column("status").to_pylist(),
+    )
+    return [
+        Prediction(
+            scores=dict(zip(names[offsets[i] : offsets[i + 1]], values[offsets[i] : offsets[i + 1]])),
+            labels=labels,
+            top_label=top_label,
+            top_score=top_score,
+            status=status,
+        )
+        for i, (labels, top_label, top_score, status) in enumerate(columns)
+    ]
 
 
 def fill_prediction(
@@ -440,28 +681,11 @@ def fill_prediction(
     per_label: Mapping[str, float],
     truncated: bool,
 ) -> None:
-    """Turn one row's merged logits into scores (sigmoid, or softmax for single-label), labels and top label.
-
-    Logits that are not all finite (NaN/inf, e.g. an fp16 overflow) give ``Status.NON_FINITE`` and no scores.
-    """
-    logits = logits.astype(np.float64)
-    if not np.isfinite(logits).all():
-        pred.status = Status.NON_FINITE
-        return
-    if mode == "single-label":
-        shifted = np.exp(logits - logits.max())
-        probs = shifted / shifted.sum()
-    else:
-        probs = 1.0 / (1.0 + np.exp(-logits))
-    pred.scores = {label: float(p) for label, p in zip(labels, probs)}
-    top = int(np.argmax(probs))
-    pred.top_label, pred.top_score = labels[top], float(probs[top])
-    if mode == "single-label":
-        pred.labels = [labels[top]]
-    else:
-        pred.labels = [lb for lb, p in zip(labels, probs) if p >= per_label.get(lb, threshold)]
-    if truncated and pred.status == Status.OK:
-        pred.status = Status.TRUNCATED
+    """Set one row's scores, labels, top label and status from its merged logits (see ``result_table``)."""
+    row = EncodedRow(chunk_labels=[list(labels)], truncated=truncated)
+    (done,) = predictions_from_arrow(result_table([pred.status], [row], [logits], mode, threshold, per_label))
+    pred.scores, pred.labels, pred.status = done.scores, done.labels, done.status
+    pred.top_label, pred.top_score = done.top_label, done.top_score
 
 
 def predictions_to_arrow(preds: Sequence[Prediction], model_name: str, label_set: str) -> pa.Table:
@@ -520,8 +744,10 @@ def expected_padding_ratio(lengths: Sequence[int], budget: int, min_fill: float 
 
 __all__ = [
     "BACKENDS",
+    "CLASSIFY_BATCH_ROWS",
     "Classifier",
     "Prediction",
+    "as_label_spec",
     "default_token_budget",
     "fill_prediction",
     "text_values",
@@ -531,7 +757,9 @@ __all__ = [
     "pick_device",
     "pick_dtype",
     "plan_batches",
+    "predictions_from_arrow",
     "predictions_to_arrow",
+    "result_table",
     "quantize_encoder_int8",
     "math",
 ]

@@ -1,6 +1,10 @@
 """Batching inside a replica: the requests ``serve.batch`` gathered are queued in an ``EngineQueue`` that
 runs engine calls one at a time, each a micro-batch of rows taken round-robin from every waiting request
-(bounded in texts and in tokens), so a small request never waits behind whole large ones."""
+(bounded in texts and in tokens), so a small request never waits behind whole large ones.
+
+A request goes through the engine's two steps once each: the encoding step when it arrives
+(``encode_request``: its statuses, token ids and cost per row), the scoring step
+(``Classifier.score_arrow``) in the engine call that takes its rows."""
 
 import asyncio
 import logging
@@ -11,19 +15,21 @@ from typing import Any
 
 import pyarrow as pa
 
+from gliclass_dist.encode import EncodedBatch, prepare_rows
 from gliclass_dist.labels import LabelSpec
 from gliclass_dist.ray.serve.schemas import threshold_fields
 
 logger = logging.getLogger(__name__)
 
-# The engine input of a micro-batch: the texts and, per row, the labels of the request it came from.
-TEXT_COLUMN = "text"
+# Each row is scored against the labels of the request it came from (a per-row label column, as the
+# label set id says until ``run_group`` puts the request's own label set id in its place).
 LABEL_COLUMN = "labels"
 
 
 @dataclass
 class ClassifyJob:
-    """One validated request waiting in the batch queue; ``costs`` are its rows' token counts."""
+    """One validated request waiting in the batch queue; ``costs`` are its rows' token counts and ``encoded``
+    its rows from the encoding step (``encode_request``; done on first use when not given)."""
 
     classifier: Any
     texts: list[str | None]
@@ -33,6 +39,13 @@ class ClassifyJob:
     threshold: float | dict[str, float]
     prompt: str | None
     costs: list[int] = field(default_factory=list)
+    encoded: EncodedBatch | None = None
+
+    def encode(self) -> EncodedBatch:
+        """This job's rows from the encoding step (encoded once, then kept)."""
+        if self.encoded is None:
+            self.encoded = encode_request(self.classifier, self.texts, self.row_labels, self.prompt)
+        return self.encoded
 
     def group_key(self) -> tuple[Any, ...]:
         threshold = tuple(sorted(self.threshold.items())) if isinstance(self.threshold, dict) else self.threshold
@@ -52,15 +65,25 @@ def count_texts(jobs: Sequence[ClassifyJob]) -> int:
     return sum(len(job.texts) for job in jobs)
 
 
-def row_costs(classifier: Any, texts: Sequence[str | None], row_labels: Sequence[list[str]], prompt: str | None) -> list[int]:
+def encode_request(
+    classifier: Any, texts: Sequence[str | None], row_labels: Sequence[list[str]], prompt: str | None
+) -> EncodedBatch:
+    """The encoding step for one request's rows (per row: status so far and token id chunks)."""
+    statuses, rows = prepare_rows(classifier.builder, texts, row_labels, prompt)
+    return EncodedBatch(statuses, rows, pa.table({}))
+
+
+def encoded_costs(encoded: EncodedBatch) -> list[int]:
     """Tokens the model reads for each row (every label chunk with its text); 0 for rows it does not score.
 
     The unit of ``max_request_cost`` and ``max_call_cost``: it grows with texts x label tokens.
     """
-    from gliclass_dist.engine import prepare_rows
+    return [sum(len(chunk) for chunk in row.chunks) if row is not None else 0 for row in encoded.rows]
 
-    _, encoded = prepare_rows(classifier.builder, texts, row_labels, prompt)
-    return [sum(len(chunk) for chunk in row.chunks) if row is not None else 0 for row in encoded]
+
+def row_costs(classifier: Any, texts: Sequence[str | None], row_labels: Sequence[list[str]], prompt: str | None) -> list[int]:
+    """``encoded_costs`` of rows not encoded yet."""
+    return encoded_costs(encode_request(classifier, texts, row_labels, prompt))
 
 
 @dataclass
@@ -104,19 +127,17 @@ class BatchStats:
 
 
 def run_group(slices: Sequence[tuple[ClassifyJob, int, int]]) -> list[list[dict[str, Any]]]:
-    """One engine call (``Classifier.classify_arrow``, one label list per row) for row slices of jobs that
-    share model, mode, threshold and prompt; the result rows split back per slice, each with its job's
-    label set id."""
+    """One engine call (the scoring step, ``Classifier.score_arrow``, each row with its own labels) for row
+    slices of jobs that share model, mode, threshold and prompt; the result rows split back per slice,
+    each with its job's label set id."""
     first = slices[0][0]
-    batch = pa.table(
-        {
-            TEXT_COLUMN: pa.array([text for job, a, b in slices for text in job.texts[a:b]], pa.string()),
-            LABEL_COLUMN: pa.array(
-                [labels for job, a, b in slices for labels in job.row_labels[a:b]], pa.list_(pa.string())
-            ),
-        }
+    encoded = [(job.encode(), a, b) for job, a, b in slices]
+    batch = EncodedBatch(
+        [status for e, a, b in encoded for status in e.statuses[a:b]],
+        [row for e, a, b in encoded for row in e.rows[a:b]],
+        pa.table({}),
     )
-    result = first.classifier.classify_arrow(batch, first.label_spec(), text_column=TEXT_COLUMN)
+    result = first.classifier.score_arrow(batch, first.label_spec())
     label_set = result.schema.get_field_index("label_set")
     out: list[list[dict[str, Any]]] = []
     start = 0

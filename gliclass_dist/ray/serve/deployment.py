@@ -16,7 +16,14 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
 
-from gliclass_dist.ray.serve.batching import BatchStats, ClassifyJob, EngineQueue, count_texts, row_costs
+from gliclass_dist.ray.serve.batching import (
+    BatchStats,
+    ClassifyJob,
+    EngineQueue,
+    count_texts,
+    encode_request,
+    encoded_costs,
+)
 from gliclass_dist.ray.serve.guards import (
     BodyReader,
     Credentials,
@@ -57,7 +64,7 @@ class GLiClassDeployment:
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = ServeArgs.model_validate(settings)
-        threads = self.settings.torch_threads or max(1, int(self.settings.num_cpus or 1))
+        threads = self.settings.threads
         configure_worker(threads=threads)
         self.token = read_token(self.settings.token_file, self.settings.token_env)
         if self.settings.require_auth and not self.token:
@@ -80,15 +87,7 @@ class GLiClassDeployment:
     def _load(self, ref: str) -> Any:
         from gliclass_dist.engine import Classifier
 
-        s = self.settings
-        return Classifier.from_pretrained(
-            ref,
-            device=s.device,
-            dtype=s.dtype,
-            max_length=s.max_length,
-            token_budget=s.token_budget,
-            allow_pickle=s.allow_pickle,
-        )
+        return Classifier.from_settings(self.settings.engine_settings(ref))
 
     def _init_metrics(self) -> None:
         from ray.util import metrics
@@ -198,7 +197,9 @@ class GLiClassDeployment:
             raise RequestValidationError(json_safe_errors(exc.errors(include_url=False))) from None
         row_labels, label_set = check_limits(req, self.settings)
         model_id, classifier = await self._classifier_for(req.model)
-        costs = await asyncio.to_thread(row_costs, classifier, req.texts, row_labels, req.prompt)
+        # the encoding step, once: its token counts are the request's cost, its rows go to the scoring step
+        encoded = await asyncio.to_thread(encode_request, classifier, req.texts, row_labels, req.prompt)
+        costs = encoded_costs(encoded)
         check_cost(costs, self.settings.max_request_cost)
         job = ClassifyJob(
             classifier=classifier,
@@ -209,6 +210,7 @@ class GLiClassDeployment:
             threshold=req.threshold,
             prompt=req.prompt,
             costs=costs,
+            encoded=encoded,
         )
         output = await self._classify_batch(job)
         if isinstance(output, Exception):
@@ -238,6 +240,7 @@ class GLiClassDeployment:
             "runtime": {
                 "device": str(clf.device),
                 "dtype": str(clf.dtype).replace("torch.", ""),
+                "backend": clf.backend,
                 "token_budget": clf.token_budget,
                 "gpu_ids": [str(g) for g in ray.get_gpu_ids()],  # what Ray assigned this replica
                 "torch_threads": torch.get_num_threads(),
