@@ -35,11 +35,10 @@ from tqdm import tqdm
 
 from gliclass_dist.labels import LabelSpec
 from gliclass_dist.schema import output_schema
+from gliclass_dist.settings import EngineSettings, add_engine_arguments
 
 logger = logging.getLogger(__name__)
 
-# engine.DTYPES plus "auto" (the engine module imports torch, which `--help` should not wait for)
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 TEXT_FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".ndjson": "json"}
 
 
@@ -99,13 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=0.5, help="multi-label decision threshold (default 0.5)")
     p.add_argument("--prompt", default=None, help="optional task description placed after the labels")
     p.add_argument("--batch-rows", type=positive_int, default=512, help="rows read and handed to the engine at a time")
-    p.add_argument("--token-budget", type=positive_int, default=None,
-                   help="padded tokens per forward pass (default: 2048 on CPU, 16384 on GPU)")
-    p.add_argument("--max-length", type=positive_int, default=None,
-                   help="model window in tokens (default: the model's)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="auto, float32, bfloat16 or float16")
-    p.add_argument("--allow-pickle", action="store_true", help="allow loading pytorch_model.bin (weights_only)")
+    add_engine_arguments(p.add_argument_group("engine"))
     p.set_defaults(func=run)
 
 
@@ -290,6 +283,20 @@ def label_spec_from_args(args: argparse.Namespace) -> LabelSpec:
         raise CliError(one_line(exc)) from None
 
 
+def settings_from_args(args: argparse.Namespace) -> EngineSettings:
+    """The engine settings the options describe; ``CliError`` naming the bad option."""
+    try:
+        return EngineSettings.from_args(args)
+    except ValidationError as exc:
+        raise CliError(
+            "; ".join(
+                f"--{str(e['loc'][-1]).replace('_', '-')}: {str(e['msg']).removeprefix('Value error, ')} "
+                f"(got {e['input']!r})"
+                for e in exc.errors()
+            )
+        ) from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``classify``; a problem the user can fix, Ctrl-C or SIGTERM ends it with one ``error:`` line."""
     try:
@@ -309,6 +316,7 @@ def run(args: argparse.Namespace) -> int:
 def classify_file(args: argparse.Namespace) -> int:
     """Check the options, paths and input, then load the model, classify and publish the output."""
     spec = label_spec_from_args(args)
+    settings = settings_from_args(args)
     check_paths(args.input, args.output)
     with InputFile(args.input, args.encoding) as source:
         names = source.schema.names
@@ -327,20 +335,13 @@ def classify_file(args: argparse.Namespace) -> int:
 
         from gliclass_dist.worker import configure_worker
 
-        configure_worker()  # the OpenMP wait policy, before torch loads
+        configure_worker(threads=settings.threads)  # the OpenMP wait policy, before torch loads
         from gliclass_dist.engine import Classifier  # imports torch: only once the checks above passed
         from gliclass_dist.model.loading import CheckpointError
         from gliclass_dist.run import status_counts
 
         try:
-            clf = Classifier.from_pretrained(
-                args.model,
-                device=args.device,
-                dtype=args.dtype,
-                max_length=args.max_length,
-                token_budget=args.token_budget,
-                allow_pickle=args.allow_pickle,
-            )
+            clf = Classifier.from_settings(settings)
         except CheckpointError as exc:
             raise CliError(one_line(exc)) from None
         except (ValueError, OSError, RuntimeError) as exc:

@@ -19,10 +19,24 @@ import traceback
 from collections.abc import Iterable, Sequence
 from typing import NoReturn
 
+from gliclass_dist import __version__
+
 SUBCOMMANDS = {
     "classify": "gliclass_dist.classify_cli",
     "train": "gliclass_dist.train.cli",
+    "calibrate": "gliclass_dist.train.cli",
+    "suggest-thresholds": "gliclass_dist.train.cli",
     "serve": "gliclass_dist.ray.serve_cli",
+    "estimate": "gliclass_dist.estimate",
+}
+# What `gliclass-dist --help` says of each command without importing it (a command's module may import torch).
+SUMMARIES = {
+    "classify": "classify a file of texts (parquet, csv or jsonl) into a parquet file",
+    "train": "fine-tune a GLiClass model (few-shot supervised, or PPO from partial labels)",
+    "calibrate": "fit post-hoc score calibration on a few labelled rows and save it beside the model",
+    "suggest-thresholds": "per-label thresholds from a few labelled rows, written into a label-set file for jobs",
+    "serve": "serve a model over HTTP with Ray Serve",
+    "estimate": "measure a job's rate on a sample here and project its core-hours (and GPU-hours)",
 }
 
 
@@ -45,10 +59,14 @@ def build_parser(commands: Iterable[str] = tuple(SUBCOMMANDS)) -> argparse.Argum
         ),
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = {SUBCOMMANDS[name] for name in commands}
     for name, module_name in SUBCOMMANDS.items():
-        if name not in commands:
-            subparsers.add_parser(name, help="(not loaded)")
+        if name in subparsers.choices:  # registered by an earlier command's module (one module, several commands)
+            continue
+        if module_name not in wanted:
+            subparsers.add_parser(name, help=SUMMARIES.get(name, f"run `{parser.prog} {name} --help`"))
             continue
         try:
             module = importlib.import_module(module_name)
@@ -68,7 +86,7 @@ def _unavailable(exc: ImportError) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     named = next((arg for arg in argv if arg in SUBCOMMANDS), None)  # the command comes before its options
-    parser = build_parser([named] if named else SUBCOMMANDS)
+    parser = build_parser([named] if named else ())  # --help / --version import no command (nor torch)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

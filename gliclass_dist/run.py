@@ -56,9 +56,9 @@ def sink_location(sink: SinkSpec) -> str:
 
 
 def input_columns(spec: JobSpec) -> list[str]:
-    """The input columns a job reads: kept columns, the text, the per-row labels."""
+    """The input columns a job reads: kept columns, the text, the per-row labels and examples."""
     cols = list(spec.keep_columns)
-    for extra in (spec.input.text_column, spec.labels.column):
+    for extra in (spec.input.text_column, *spec.labels.columns):
         if extra and extra not in cols:
             cols.append(extra)
     return cols

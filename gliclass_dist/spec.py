@@ -29,6 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gliclass_dist.labels import LabelSpec
 from gliclass_dist.predicate import FilterError, Predicate, parse_filter
 from gliclass_dist.safe_yaml import YamlAliasError, dump_yaml, load_yaml
+from gliclass_dist.settings import Backend, CacheRows, Device, DType, TokenBudget, Window
+
+# Spec fields added after job keys were first handed out, with the default that leaves a key unchanged.
+KEY_NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {
+    ("model", "backend"): "torch",
+    ("labels", "examples_column"): None,
+}
 
 
 class SpecError(ValueError):
@@ -113,13 +120,15 @@ class InputSpec(_Strict):
 
 
 class ModelSpec(_Strict):
-    """Which checkpoint and how to run it."""
+    """Which checkpoint and how to run it: the job's part of ``gliclass_dist.settings.EngineSettings``
+    (``EngineSettings.from_job`` adds ``resources.token_budget`` and ``resources.result_cache_rows``)."""
 
     ref: str  # a local directory or a hub id
     revision: str | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    max_length: int | None = Field(None, gt=8)
+    dtype: DType = "auto"
+    device: Device = "auto"
+    backend: Backend = "torch"  # torch, or int8 / onnx-int8 (CPU, float32)
+    max_length: Window | None = None
     allow_pickle: bool = False
 
     @field_validator("ref")
@@ -161,9 +170,11 @@ class ResourceSpec(_Strict):
     max_actors: int = Field(1, ge=1)
     gpus_per_actor: float = Field(0.0, ge=0.0)
     cpus_per_actor: float = Field(1.0, gt=0.0)
-    token_budget: int | None = Field(None, ge=64)  # padded tokens per forward pass (None: 2k CPU, 16k GPU)
+    token_budget: TokenBudget | None = None  # padded tokens per forward pass (None: 2k CPU, 16k GPU)
+    result_cache_rows: CacheRows = 0  # rows of each model worker's result cache (0: off)
     batch_rows: int = Field(256, ge=1)  # rows per Ray/Spark batch handed to the engine
     tokenize_stage: bool = True  # Ray: tokenize in a separate CPU stage
+    block_rows: int | None = Field(None, ge=1)  # Ray: rows per block handed to a model actor (None: 8 batches)
 
     @model_validator(mode="after")
     def _range(self) -> ResourceSpec:
@@ -221,6 +232,10 @@ class JobSpec(_Strict):
         if self.idempotency_key:
             return self.idempotency_key
         payload = self.model_dump(mode="json", exclude={"resources", "idempotency_key"})
+        # settings added after the first release drop out at their default: older specs keep their keys
+        for (section, field), default in KEY_NEUTRAL_DEFAULTS.items():
+            if payload[section].get(field, default) == default:
+                payload[section].pop(field, None)
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
         return f"{self.name}-{digest}"
 

@@ -131,6 +131,26 @@ def test_parquet_to_delta_rows_schema_and_rerun(ray_local, tiny_model: Path, cla
     assert read_delta(out).num_rows == 150
 
 
+def test_per_row_examples_column_is_read_and_used(ray_local, tiny_model: Path, classifier, tmp_path: Path) -> None:
+    """``labels.examples_column`` is among the columns the job reads, through the tokenize stage, and each
+    row is scored with its own examples, as by the engine."""
+    from gliclass_dist.ray.job import run_job
+
+    shot_type = pa.list_(pa.struct([pa.field("text", pa.string()), pa.field("labels", pa.list_(pa.string()))]))
+    rows = make_rows(40, bad=False).append_column(
+        "shots", pa.array([[{"text": "Rates went up.", "labels": ["business"]}] if i % 2 else None
+                           for i in range(40)], shot_type)
+    )
+    pq.write_table(rows, tmp_path / "in.parquet")
+    labels = {"labels": LABELS, "examples_column": "shots"}
+    spec = job_spec(tiny_model, {"format": "parquet", "path": str(tmp_path / "in.parquet")},
+                    {"format": "parquet", "path": str(tmp_path / "out")}, labels=labels)
+    summary = run_job(spec)
+    assert summary["rows_out"] == 40 and summary["status_counts"] == {"ok": 40}
+    out = pads.dataset(str(tmp_path / "out"), format="parquet").to_table()
+    assert_matches_engine(out, rows, classifier, labels, ["id"])
+
+
 def test_per_row_labels_to_parquet_sink_with_filter(ray_local, tiny_model: Path, classifier, tmp_path: Path) -> None:
     """Per-row label column, input filter, no tokenize stage (the actors get the text)."""
     from gliclass_dist.connectors import last_committed
@@ -243,6 +263,32 @@ def test_actor_killed_mid_run_still_lands_every_row_once(
     assert marker.exists(), "the fault hook did not fire"
     assert summary["rows_in"] == summary["rows_out"] == 200
     assert_exactly_once(read_delta(tmp_path / "out"), list(range(200)))
+
+
+def test_model_stage_gets_blocks_of_block_rows(ray_local, tiny_model: Path, tmp_path: Path) -> None:
+    """``resources.block_rows`` reaches Ray: one 300-row input block reaches the model actors cut into blocks of
+    ``block_rows`` rows (default 8 batches), the cut fused into the tokenize tasks (no stage of its own)."""
+    import ray.data
+
+    from gliclass_dist.ray.job import classify_dataset
+
+    rows = make_rows(300, bad=False).drop_columns(["row_labels"])
+    cases = [
+        ({"block_rows": 100}, [100, 100, 100], True),
+        ({}, [160, 140], True),  # 8 batches of 20
+        ({"block_rows": 100, "tokenize_stage": False}, [100, 100, 100], False),
+    ]
+    for resources, expected, fused in cases:
+        spec = job_spec(
+            tiny_model, {"format": "parquet", "path": str(tmp_path)}, {"format": "parquet", "path": str(tmp_path / "o")},
+            resources={"batch_rows": 20, **resources},
+        )
+        out = classify_dataset(ray.data.from_arrow(rows), spec, model_path=tiny_model).materialize()
+        sizes = sorted((m.num_rows for b in out.iter_internal_ref_bundles() for m in b.metadata), reverse=True)
+        assert sizes == expected, resources
+        assert out.count() == 300
+        stats = out.stats()
+        assert ("tokenize_batch)->StreamingRepartition" in stats) == fused, stats
 
 
 def test_schema_clash_fails_before_any_compute(ray_local, tiny_model: Path, tmp_path: Path) -> None:

@@ -167,6 +167,33 @@ def test_pandas_udf_per_row_labels_and_bad_rows(spark, tiny_model: Path):
     assert {r.label_set for r in out.values()} == {"column:labels"}
 
 
+def test_per_row_examples_reach_the_udf_and_map_in_arrow(spark, tiny_model: Path, classifier):
+    """An ``examples_column`` is read by the 3-argument UDF and by ``classify_dataframe`` as by the engine."""
+    from gliclass_dist.spark.udf import classify_dataframe, classify_udf
+
+    shots = [{"text": "Rates went up.", "labels": ["business"]}]
+    data = [
+        (1, "The bank raised rates.", ["sport", "business"], shots),
+        (2, "The bank raised rates.", ["sport", "business"], None),
+        (3, "A final was played.", ["sport"], [{"text": "Goal!", "labels": ["sport", "tech"]}]),
+    ]
+    schema = "id long, text string, labels array<string>, shots array<struct<text: string, labels: array<string>>>"
+    df = spark.createDataFrame(data, schema).repartition(2)
+    spec = LabelSpec(column="labels", examples_column="shots", threshold=0.0)
+    expected = classifier.classify_arrow(
+        pa.table({"text": [r[1] for r in data], "labels": [r[2] for r in data], "shots": [r[3] for r in data]}), spec
+    ).to_pylist()
+    by_udf = {r.id: r for r in df.withColumn("r", classify_udf(str(tiny_model), spec)("text", "labels", "shots"))
+              .select("id", "r.*").collect()}
+    by_map = {r.id: r for r in classify_dataframe(df, str(tiny_model), spec, keep=["id"]).collect()}
+    for (row_id, *_), want in zip(data, expected):
+        for got in (by_udf[row_id], by_map[row_id]):
+            assert got.status == want["status"] == "ok"
+            assert [s.score for s in got.scores] == pytest.approx([s["score"] for s in want["scores"]], abs=1e-5)
+    # the examples change the scores: rows 1 and 2 share text and labels
+    assert [s.score for s in by_udf[1].scores] != pytest.approx([s.score for s in by_udf[2].scores], abs=1e-6)
+
+
 def float32_model(path: Path):
     """The model for tests that compare scores: a path, or on a machine with CUDA, float32 options.
 

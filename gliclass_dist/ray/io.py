@@ -185,6 +185,19 @@ def _version_range_reader(path: str, first: int, last: int, storage_options: dic
     return read
 
 
+# ---------------------------------------------------------------------------------------------- blocks
+
+
+def model_blocks(ds: Any, rows: int) -> Any:
+    """``ds`` cut into blocks of at most ``rows`` rows, the unit Ray Data hands to one model actor.
+
+    A large input block would otherwise go to a single actor whole, leaving the rest of the pool idle. Added
+    right after a ``map_batches`` stage (the tokenize stage), Ray Data fuses the cut into that stage's tasks
+    (``MapBatches -> StreamingRepartition``): no stage, task or copy of its own; streaming, no shuffle.
+    """
+    return ds.repartition(target_num_rows_per_block=rows)
+
+
 # ---------------------------------------------------------------------------------------------- writing
 
 

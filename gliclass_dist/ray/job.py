@@ -20,10 +20,11 @@ resolves the hub id itself.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -32,130 +33,65 @@ import ray.data
 from gliclass_dist import connectors
 from gliclass_dist.connectors.base import plain_schema
 from gliclass_dist.model.loading import resolve_model_ref
+from gliclass_dist.ray.dataset import classify_dataset as classify_stages
+from gliclass_dist.ray.dataset import stage_env
 from gliclass_dist.ray.io import StagedCommitDatasink, apply_filter, read_input
-from gliclass_dist.ray.predictor import FAULT_AFTER_ENV, FAULT_MARKER_ENV, GLiClassPredictor, tokenize_batch
-from gliclass_dist.run import RunSummary, input_columns, merge_counts, model_display_name, plan_run
+from gliclass_dist.run import RunSummary, input_columns, merge_counts, plan_run
 from gliclass_dist.schema import output_schema
+from gliclass_dist.settings import EngineSettings
 from gliclass_dist.spec import JobSpec
-from gliclass_dist.worker import OMP_WAIT_POLICY
 
 logger = logging.getLogger(__name__)
 
-FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "HF_HUB_CACHE", FAULT_AFTER_ENV, FAULT_MARKER_ENV)
+# Largest block the job's stages build (Ray's default is 128 MiB). Ray sizes read blocks by bytes, so a
+# 1M-row input of short texts was ONE block: one tokenize task, whose worker buffered up to 128 MiB of
+# encoded rows before handing on the first block (its private memory grew from 517 MB at 200k rows to
+# 927 MB at 1M, bench/NOTES.md 11).
+READ_BLOCK_BYTES = 16 * 2**20
+
+# Set by Ray's job manager for a submitted driver: the job's config, with the submitter's runtime env, as JSON.
+SUBMITTED_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
-def worker_env(threads: float) -> dict[str, str]:
-    """Environment of the stage workers.
-
-    ``TOKENIZERS_PARALLELISM``: the Rust tokenizer's own thread pool only where a worker owns several CPUs;
-    with one CPU per worker, Ray already runs one worker per core and extra threads would oversubscribe.
-    ``OMP_WAIT_POLICY``: passive unless the driver sets one (``gliclass_dist.worker``). Hub settings and the
-    fault hook (tests) are forwarded from the driver.
-    """
-    env = {
-        "TOKENIZERS_PARALLELISM": "true" if threads >= 2 else "false",
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", OMP_WAIT_POLICY),  # before the worker loads torch
-    }
-    for name in FORWARDED_ENV:
-        if os.environ.get(name):
-            env[name] = os.environ[name]
-    return env
+def job_env() -> dict[str, str]:
+    """``stage_env(1)`` less the variables a ``ray job submit`` runtime env already sets (Ray refuses to merge
+    the same key twice; the submitter's value wins)."""
+    submitted: dict[str, Any] = {}
+    with contextlib.suppress(ValueError, TypeError, AttributeError):  # not under ray job submit, or no env_vars
+        config = json.loads(os.environ.get(SUBMITTED_JOB_CONFIG_ENV, "{}"))
+        submitted = dict((config.get("runtime_env") or {}).get("env_vars") or {})
+    return {k: v for k, v in stage_env(1).items() if k not in submitted}
 
 
 def classify_dataset(ds: Any, spec: JobSpec, *, model_path: str | os.PathLike[str] | None = None) -> Any:
-    """``ds`` (rows with the spec's id/text/passthrough/label columns) -> rows in the output schema.
+    """``ds`` (rows with the spec's text/kept/label columns) -> rows in the output schema: the stages of
+    ``gliclass_dist.ray.classify_dataset`` with the spec's engine settings, labels and resources.
 
-    Adds the tokenize stage (CPU tasks, when ``resources.tokenize_stage``) and the model stage (an actor
-    pool of ``min_actors..max_actors`` actors with ``gpus_per_actor`` GPUs and ``cpus_per_actor`` CPUs).
-    ``model_path`` is the checkpoint folder resolved on the driver (resolved here when not given).
+    ``model_path`` is the checkpoint folder resolved on the driver (resolved there when not given).
     """
-    res = spec.resources
-    check_fits_cluster(spec)
-    resolved = Path(model_path) if model_path is not None else resolve_model_ref(spec.model.ref, spec.model.revision)
-    path = str(resolved.resolve())  # absolute: workers need not share the driver's working directory
-    keep = list(spec.keep_columns)
-    device = spec.model.device
-    if res.gpus_per_actor == 0 and device == "auto":
-        device = "cpu"  # no GPU was reserved for the actor: never use one Ray did not hand out
-    # Blocks of one batch each: a large input block would otherwise go to a single actor whole, leaving the
-    # rest of the pool idle (Ray Data hands out blocks, not batches). Streaming: no shuffle, no barrier.
-    ds = ds.repartition(target_num_rows_per_block=res.batch_rows)
-    if res.tokenize_stage:
-        ds = ds.map_batches(
-            tokenize_batch,
-            batch_format="pyarrow",
-            batch_size=res.batch_rows,
-            num_cpus=1,
-            fn_kwargs={
-                "model_path": path,
-                "max_length": spec.model.max_length,
-                "label_spec": spec.labels,
-                "text_column": spec.input.text_column,
-                "keep": keep,
-                "model_ref": spec.model.ref,
-                "revision": spec.model.revision,
-            },
-            runtime_env={"env_vars": worker_env(1)},
-            udf_modifying_row_count=False,
-        )
-    return ds.map_batches(
-        GLiClassPredictor,
-        batch_format="pyarrow",
-        batch_size=res.batch_rows,
-        compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
-        num_cpus=res.cpus_per_actor,
-        num_gpus=res.gpus_per_actor or None,
-        fn_constructor_kwargs={
-            "model_path": path,
-            "label_spec": spec.labels,
-            "text_column": spec.input.text_column,
-            "keep": keep,
-            "model_ref": spec.model.ref,
-            "revision": spec.model.revision,
-            "model_name": model_display_name(spec.model.ref),
-            "device": device,
-            "dtype": spec.model.dtype,
-            "max_length": spec.model.max_length,
-            "token_budget": res.token_budget,
-            "allow_pickle": spec.model.allow_pickle,
-        },
-        runtime_env={"env_vars": worker_env(res.cpus_per_actor)},
-        udf_modifying_row_count=False,
+    return classify_stages(
+        ds,
+        model=EngineSettings.from_job(spec),
+        labels=spec.labels,
+        text_column=spec.input.text_column,
+        keep=spec.keep_columns,
+        resources=spec.resources,
+        model_path=model_path,
     )
 
 
-def check_fits_cluster(spec: JobSpec) -> None:
-    """Fail fast when the model actors would hold every CPU (or need more GPUs than exist) of the cluster.
-
-    Read, tokenize and write tasks need CPUs too: actors holding all of them would wait forever.
-    """
-    if not ray.is_initialized():
-        return
-    res = spec.resources
-    total = ray.cluster_resources()
-    cpus, gpus = float(total.get("CPU", 0)), float(total.get("GPU", 0))
-    need_cpus = res.min_actors * res.cpus_per_actor
-    if need_cpus > cpus - 1:
-        raise ValueError(
-            f"resources: min_actors={res.min_actors} x cpus_per_actor={res.cpus_per_actor} = {need_cpus:g} CPUs, "
-            f"but the cluster has {cpus:g} and the read/tokenize/write tasks need at least one: lower "
-            "resources.min_actors or resources.cpus_per_actor (max_actors may stay higher; the pool grows as "
-            "resources appear)"
-        )
-    if res.gpus_per_actor and res.min_actors * res.gpus_per_actor > gpus:
-        raise ValueError(
-            f"resources: min_actors={res.min_actors} x gpus_per_actor={res.gpus_per_actor} GPUs, but the "
-            f"cluster has {gpus:g} GPUs"
-        )
-
-
 def ensure_ray(address: str | None = None) -> None:
-    """Connect to ``address`` (or ``RAY_ADDRESS``, e.g. under ``ray job submit``), else start local Ray."""
+    """Connect to ``address`` (or ``RAY_ADDRESS``, e.g. under ``ray job submit``), else start local Ray.
+
+    The job's tasks get ``job_env()`` (hub settings forwarded from this process, one tokenizer thread).
+    """
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     logger.info("connecting to Ray at %s", address)
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+    # The job's environment: every task gets it (the tokenize stage has no runtime_env of its own).
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
+             runtime_env={"env_vars": job_env()})
 
 
 def run_job(spec: JobSpec, *, ray_address: str | None = None, count_input: bool = True) -> dict[str, Any]:
@@ -183,6 +119,9 @@ def run_job(spec: JobSpec, *, ray_address: str | None = None, count_input: bool 
         raise KeyError(f"input columns {missing} are not in the input (columns: {in_schema.names})")
     out_schema = output_schema(in_schema, spec.keep_columns)
     connectors.prepare(spec.sink, out_schema)  # a schema clash fails here, before any compute
+    # Read blocks of at most READ_BLOCK_BYTES (the context is the dataset's own, shared by its later stages):
+    # a worker's memory then follows this bound, not the input's size, and tokenization runs in parallel.
+    raw.context.target_max_block_size = min(raw.context.target_max_block_size or READ_BLOCK_BYTES, READ_BLOCK_BYTES)
     ds = apply_filter(raw, spec.input, columns)
 
     rows_in = None
@@ -206,4 +145,4 @@ def run_job(spec: JobSpec, *, ray_address: str | None = None, count_input: bool 
     return summary.to_dict()
 
 
-__all__ = ["classify_dataset", "ensure_ray", "run_job"]
+__all__ = ["READ_BLOCK_BYTES", "classify_dataset", "ensure_ray", "job_env", "run_job"]

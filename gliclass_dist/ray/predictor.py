@@ -1,8 +1,14 @@
 """The Ray Data stages of a classification job: a CPU tokenize stage and the model stage.
 
 ``GLiClassPredictor`` is a callable class for ``Dataset.map_batches``: each actor loads the ``Classifier``
-once (in ``__init__``) from a checkpoint folder resolved on the driver, then turns Arrow batches into
-Arrow batches in the output schema (``gliclass_dist.schema.output_schema``), one row per input row.
+once (in ``__init__``) from a checkpoint folder resolved on the driver (or ``EngineSettings``), then turns
+batches into batches in the output schema (``gliclass_dist.schema.output_schema``), one row per input row::
+
+    ds.map_batches(GLiClassPredictor, fn_constructor_args=("models/gliclass", ["billing", "delivery"]),
+                   fn_constructor_kwargs={"device": "cpu"}, batch_format="pyarrow", concurrency=2)
+
+Any ``batch_format`` works: a ``pyarrow`` batch gives the exact output schema; ``pandas`` and ``numpy`` batches
+come back in the same format (Ray's conversions). Bad arguments fail in ``__init__``, before any model load.
 
 With ``tokenize_batch`` as an earlier stage (plain Ray tasks on CPUs), the model actors receive token ids
 instead of text: the CPU work of tokenizing no longer holds a GPU actor. The two stages are the engine's
@@ -25,6 +31,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +42,7 @@ import pyarrow as pa
 from gliclass_dist.encode import ENCODED_COLUMNS, encode_arrow, is_encoded
 from gliclass_dist.encode import load_builder as load_checkpoint_builder
 from gliclass_dist.labels import LabelSpec
+from gliclass_dist.settings import EngineSettings
 from gliclass_dist.worker import configure_worker
 
 if TYPE_CHECKING:
@@ -58,6 +66,35 @@ def configure_worker_logging() -> None:
 
 def _as_table(batch: pa.Table | pa.RecordBatch) -> pa.Table:
     return pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+
+
+def as_label_spec(labels: LabelSpec | Sequence[str]) -> LabelSpec:
+    """``labels`` as a ``LabelSpec``: a list of label names becomes a fixed label set (checked here)."""
+    if isinstance(labels, LabelSpec):
+        return labels
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
+        raise ValueError(
+            f"labels must be a list of label names or a LabelSpec, got {type(labels).__name__} {labels!r:.80}"
+        )
+    return LabelSpec(labels=list(labels))
+
+
+def engine_settings(model: str | os.PathLike[str] | EngineSettings, **options: Any) -> EngineSettings:
+    """``model`` (a checkpoint folder, hub id or ``EngineSettings``) with engine ``options`` applied and checked."""
+    if isinstance(model, EngineSettings):
+        return model.replace(**options) if options else model
+    if not isinstance(model, (str, os.PathLike)):
+        raise ValueError(f"model must be a checkpoint folder, a hub id or EngineSettings, got {type(model).__name__}")
+    return EngineSettings(ref=os.fspath(model), **options)
+
+
+def check_columns_arg(text_column: Any, keep: Any) -> list[str]:
+    """``keep`` as a list of column names, after checking it and ``text_column``; ``ValueError`` naming the bad one."""
+    if not isinstance(text_column, str) or not text_column:
+        raise ValueError(f"text_column must be a column name, got {text_column!r}")
+    if isinstance(keep, str) or not all(isinstance(c, str) and c for c in keep):
+        raise ValueError(f"keep must be a list of column names, got {keep!r}")
+    return list(keep)
 
 
 # ---------------------------------------------------------------------------------------------- tokenize
@@ -103,41 +140,39 @@ def tokenize_batch(
 
 
 class GLiClassPredictor:
-    """Callable class for ``Dataset.map_batches``: one ``Classifier`` per actor, Arrow in, Arrow out."""
+    """Callable class for ``Dataset.map_batches``: one ``Classifier`` per actor, batches in, batches out.
+
+    ``model_path``: a checkpoint folder (or hub id), or ``EngineSettings``; ``label_spec``: a ``LabelSpec`` or a
+    list of label names. ``engine`` keywords are ``EngineSettings`` fields (``device``, ``dtype``, ``backend``,
+    ``max_length``, ``token_budget``, ``threads``, ``revision``, ``allow_pickle``, ``model_name``,
+    ``result_cache_rows``); they override those of an ``EngineSettings``. ``model_ref``: the hub id to resolve
+    on a node that cannot see ``model_path``. Every argument is checked before the model loads.
+    """
 
     def __init__(
         self,
-        model_path: str,
-        label_spec: LabelSpec,
+        model_path: str | os.PathLike[str] | EngineSettings,
+        label_spec: LabelSpec | Sequence[str],
         *,
         text_column: str = "text",
-        keep: list[str] | tuple[str, ...] = (),
+        keep: Sequence[str] = (),
         model_ref: str | None = None,
-        revision: str | None = None,
-        model_name: str | None = None,
-        device: str = "auto",
-        dtype: str = "auto",
-        max_length: int | None = None,
-        token_budget: int | None = None,
-        allow_pickle: bool = False,
+        **engine: Any,
     ) -> None:
-        configure_worker()  # before the engine's first torch import in this actor
+        try:
+            settings = engine_settings(model_path, **engine)
+            self.label_spec = as_label_spec(label_spec)
+            self.keep = check_columns_arg(text_column, keep)
+        except ValueError as exc:  # pydantic's ValidationError is one too
+            raise ValueError(f"GLiClassPredictor: {exc}") from None
+        self.text_column = text_column
+        configure_worker(threads=settings.threads)  # before the engine's first torch import in this actor
         from gliclass_dist.engine import Classifier
 
         configure_worker_logging()
-        path = local_model_path(model_path, model_ref, revision)  # no shared file system: the node's hub cache
-        self.classifier = Classifier.from_pretrained(
-            path,
-            device=device,
-            dtype=dtype,
-            max_length=max_length,
-            token_budget=token_budget,
-            allow_pickle=allow_pickle,
-            model_name=model_name,
-        )
-        self.label_spec = label_spec
-        self.text_column = text_column
-        self.keep = list(keep)
+        # no shared file system: the node's hub cache
+        path = local_model_path(settings.ref, model_ref, settings.revision)
+        self.classifier = Classifier.from_settings(settings.replace(ref=path) if path != settings.ref else settings)
         self.batches = 0
         self._fault_after = int(os.environ.get(FAULT_AFTER_ENV, "0") or 0)
         self._metrics = _Metrics.create()
@@ -148,19 +183,20 @@ class GLiClassPredictor:
             self.classifier.device,
         )
 
-    def __call__(self, batch: pa.Table | pa.RecordBatch) -> pa.Table:
+    def __call__(self, batch: Any) -> Any:
+        """Classify one batch of any Ray batch format; the result comes back in the same format."""
         started = time.perf_counter()
-        batch = _as_table(batch)
-        if is_encoded(batch.schema):
-            result = self.classifier.score_arrow(batch.select([*self.keep, *ENCODED_COLUMNS]), self.label_spec)
+        table, batch_format = to_arrow(batch)
+        if is_encoded(table.schema):
+            result = self.classifier.score_arrow(table.select([*self.keep, *ENCODED_COLUMNS]), self.label_spec)
         else:
-            result = self.classifier.classify_arrow(batch, self.label_spec, text_column=self.text_column, keep=self.keep)
-        if result.num_rows != batch.num_rows:  # the engine's contract; never land a partial batch
-            raise RuntimeError(f"model stage returned {result.num_rows} rows for {batch.num_rows}")
+            result = self.classifier.classify_arrow(table, self.label_spec, text_column=self.text_column, keep=self.keep)
+        if result.num_rows != table.num_rows:  # the engine's contract; never land a partial batch
+            raise RuntimeError(f"model stage returned {result.num_rows} rows for {table.num_rows}")
         self.batches += 1
         self._metrics.record(result, time.perf_counter() - started)
         self._maybe_fault()
-        return result
+        return result if batch_format == "pyarrow" else from_arrow(result, batch_format)
 
     def _maybe_fault(self) -> None:
         if not self._fault_after or self.batches < self._fault_after:
@@ -175,6 +211,30 @@ class GLiClassPredictor:
         logger.warning("fault hook: ending actor process %d after %d batches", os.getpid(), self.batches)
         logging.shutdown()
         os._exit(17)
+
+
+def to_arrow(batch: Any) -> tuple[pa.Table, str]:
+    """A Ray batch (Arrow table or record batch, pandas frame, dict of numpy arrays) as an Arrow table, and its
+    format's name (``pyarrow``, ``pandas`` or ``numpy``); ``TypeError`` for anything else."""
+    if isinstance(batch, (pa.Table, pa.RecordBatch)):
+        return _as_table(batch), "pyarrow"
+    import pandas as pd
+
+    if isinstance(batch, (pd.DataFrame, dict)):
+        from ray.data.block import BlockAccessor, BlockType
+
+        table = BlockAccessor.batch_to_block(batch, block_type=BlockType.ARROW)
+        if not isinstance(table, pa.Table):
+            table = pa.Table.from_pandas(table, preserve_index=False)
+        return table, "pandas" if isinstance(batch, pd.DataFrame) else "numpy"
+    raise TypeError(f"GLiClassPredictor: unsupported batch type {type(batch).__name__} (use a Ray batch_format)")
+
+
+def from_arrow(table: pa.Table, batch_format: str) -> Any:
+    """``table`` in a Ray batch format (``pandas`` or ``numpy``)."""
+    from ray.data.block import BlockAccessor
+
+    return BlockAccessor.for_block(table).to_batch_format(batch_format)
 
 
 def _node_id() -> str:

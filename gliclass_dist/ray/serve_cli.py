@@ -9,6 +9,8 @@ import signal
 import threading
 from typing import Any
 
+from gliclass_dist.settings import add_engine_arguments
+
 logger = logging.getLogger(__name__)
 
 APP_NAME = "gliclass"
@@ -48,12 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace a running application of the same name that this command did not start (default: refuse)",
     )
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
-    p.add_argument("--max-length", type=int, default=None, help="model window in tokens (default: the model's)")
-    p.add_argument("--token-budget", type=int, default=None,
-                   help="padded tokens per forward pass (default: 2048 on CPU, 16384 on GPU)")
-    p.add_argument("--allow-pickle", action="store_true", help="allow loading pytorch_model.bin (weights_only)")
+    add_engine_arguments(p.add_argument_group("engine (the default model's revision; every model's settings)"))
 
     batching = p.add_argument_group("dynamic batching (adjustable later through the deployment's user_config)")
     batching.add_argument("--max-batch-size", type=int, default=64, help="texts merged into one engine call")
@@ -95,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scaling.add_argument("--max-ongoing-requests", type=int, default=512, help="requests a replica accepts at once")
     scaling.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica")
     scaling.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica (e.g. 1)")
-    scaling.add_argument("--torch-threads", type=int, default=None, help="intra-op threads (default: --num-cpus)")
+    scaling.add_argument("--torch-threads", type=int, dest="threads", default=None, help="same as --threads")
 
     auth = p.add_argument_group("auth (bearer token on /v1/*)")
     auth.add_argument("--token-file", default=None, help="file holding the bearer token")
@@ -119,12 +116,14 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model,
         "model_id": args.model_id,
         "models": models,
+        "revision": args.revision,
         "device": args.device,
         "dtype": args.dtype,
+        "backend": args.backend,
         "max_length": args.max_length,
         "token_budget": args.token_budget,
         "allow_pickle": args.allow_pickle,
-        "torch_threads": args.torch_threads,
+        "torch_threads": args.threads,
         "max_batch_size": args.max_batch_size,
         "batch_wait_timeout_s": args.batch_wait_ms / 1000.0,
         "max_texts_per_request": args.max_texts_per_request,

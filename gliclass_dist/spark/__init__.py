@@ -1,4 +1,5 @@
-"""The Spark front end: a pandas UDF and a ``mapInArrow`` transform over one per-worker ``Classifier``,
+"""The Spark front end: a pandas UDF and a ``mapInArrow`` transform over one per-worker ``Classifier``
+(keyed by its ``EngineSettings``; ``ModelOptions`` is the same class),
 an optional stage-level GPU profile, batch and Structured Streaming jobs, and a filter stage.
 
 Modules import pyspark lazily where they can; ``udf`` is the core (see its docstring), ``resources`` the
@@ -7,6 +8,7 @@ stage-level profile, ``job`` the batch job, ``stream`` the streaming job, ``filt
 
 from gliclass_dist.spark.udf import (
     ClassifyConfig,
+    EngineSettings,
     ModelOptions,
     classify_dataframe,
     classify_udf,
@@ -17,6 +19,7 @@ from gliclass_dist.spark.udf import (
 
 __all__ = [
     "ClassifyConfig",
+    "EngineSettings",
     "ModelOptions",
     "classify_dataframe",
     "classify_udf",

@@ -14,8 +14,8 @@ Two ways in, one implementation underneath (``classify_batches``):
   schema (kept columns, then the result columns). It skips the pandas conversion; the batch and streaming
   jobs use it, optionally with a stage-level ``ResourceProfile`` (``gliclass_dist.spark.resources``).
 
-The model is loaded once per Python worker process and kept in a module-level cache keyed by the model
-options (and the GPU the task was given), so a worker that Spark reuses across tasks
+The model is loaded once per Python worker process and kept in a module-level cache keyed by its
+``EngineSettings`` (and the GPU the task was given), so a worker that Spark reuses across tasks
 (``spark.python.worker.reuse``, on by default) never reloads it. Loads are observable: ``model_loads()``
 in the process, and one JSON file per load in the folder named by ``GLICLASS_MODEL_LOAD_LOG`` when set.
 
@@ -35,7 +35,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,7 @@ import pyarrow.compute as pc
 
 from gliclass_dist.labels import LabelSpec
 from gliclass_dist.schema import RESULT_COLUMNS, RESULT_SCHEMA, output_schema
+from gliclass_dist.settings import EngineSettings
 from gliclass_dist.worker import configure_worker
 
 if TYPE_CHECKING:
@@ -53,56 +54,28 @@ if TYPE_CHECKING:
     from pyspark.sql.types import StructType
 
     from gliclass_dist.engine import Classifier
-    from gliclass_dist.spec import JobSpec
 
 logger = logging.getLogger(__name__)
 
 LOAD_LOG_ENV = "GLICLASS_MODEL_LOAD_LOG"
 SPARK_FILES_PREFIX = "sparkfiles://"
 
-_CLASSIFIERS: dict[tuple[ModelOptions, str], Classifier] = {}
+_CLASSIFIERS: dict[tuple[EngineSettings, str], Classifier] = {}
 _LOADS: list[dict[str, Any]] = []
 _SHIPPED: set[str] = set()  # archives this driver already added
 _LOCK = threading.Lock()
 
 
-@dataclass(frozen=True)
-class ModelOptions:
-    """What identifies a loaded model: the checkpoint reference and the engine options (the cache key).
-
-    ``ref`` is a local folder, a hub id, or ``sparkfiles://<name>`` for a folder shipped with ``ship_model``.
-    ``model_name`` is what the ``model`` output column says (default: the folder name, or the hub id).
-    """
-
-    ref: str
-    device: str = "auto"
-    dtype: str = "auto"
-    max_length: int | None = None
-    token_budget: int | None = None
-    revision: str | None = None
-    allow_pickle: bool = False
-    model_name: str | None = None
-
-    @classmethod
-    def from_job(cls, job: JobSpec) -> ModelOptions:
-        """The model options of a job spec (``model`` and ``resources.token_budget``)."""
-        m = job.model
-        return cls(
-            ref=m.ref,
-            device=m.device,
-            dtype=m.dtype,
-            max_length=m.max_length,
-            token_budget=job.resources.token_budget,
-            revision=m.revision,
-            allow_pickle=m.allow_pickle,
-        )
+# The Spark name of the engine settings (``ref`` may also be ``sparkfiles://<name>``, see ``ship_model``); kept so
+# that ``ModelOptions(ref, ...)`` and ``ModelOptions.from_job(spec)`` keep working.
+ModelOptions = EngineSettings
 
 
 @dataclass(frozen=True)
 class ClassifyConfig:
     """Everything a Python worker needs to classify batches; small and picklable (sent with each task)."""
 
-    model: ModelOptions
+    model: EngineSettings
     labels: LabelSpec
     text_column: str = "text"
     keep: tuple[str, ...] = ()
@@ -165,7 +138,7 @@ def resolve_device(requested: str, gpu_addresses: Sequence[str]) -> str:
     return requested
 
 
-def resolve_model_path(options: ModelOptions) -> str:
+def resolve_model_path(options: EngineSettings) -> str:
     """The local folder of ``options.ref`` on this process (``sparkfiles://`` refs: the unpacked archive)."""
     if options.ref.startswith(SPARK_FILES_PREFIX):
         from pyspark import SparkFiles
@@ -174,7 +147,7 @@ def resolve_model_path(options: ModelOptions) -> str:
     return options.ref
 
 
-def get_classifier(options: ModelOptions) -> Classifier:
+def get_classifier(options: EngineSettings) -> Classifier:
     """This process's ``Classifier`` for ``options``, loaded on first use and kept for later tasks."""
     gpus = task_gpu_addresses()
     device = resolve_device(options.device, gpus)
@@ -185,27 +158,17 @@ def get_classifier(options: ModelOptions) -> Classifier:
             return clf
         cpus = _task_cpus()
         # before the engine's first torch import in this worker; one worker per task slot: the task's cores
-        configure_worker(max_threads=cpus if cpus and not device.startswith("cuda") else None)
+        configure_worker(threads=options.threads, max_threads=cpus if cpus and not device.startswith("cuda") else None)
         from gliclass_dist.engine import Classifier
 
         started = time.perf_counter()
-        path = resolve_model_path(options)
-        clf = Classifier.from_pretrained(
-            path,
-            device=device,
-            dtype=options.dtype,
-            max_length=options.max_length,
-            token_budget=options.token_budget,
-            revision=options.revision,
-            allow_pickle=options.allow_pickle,
-            model_name=options.model_name,
-        )
+        clf = Classifier.from_settings(options.replace(ref=resolve_model_path(options), device=device))
         _CLASSIFIERS[key] = clf
         _record_load(options, device, gpus, time.perf_counter() - started, clf)
         return clf
 
 
-def _record_load(options: ModelOptions, device: str, gpus: list[str], seconds: float, clf: Classifier) -> None:
+def _record_load(options: EngineSettings, device: str, gpus: list[str], seconds: float, clf: Classifier) -> None:
     entry = {
         "pid": os.getpid(),
         "ref": options.ref,
@@ -236,7 +199,7 @@ def read_load_log(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(Path(folder).glob("load-*.json"))]
 
 
-def ship_model(spark: SparkSession, options: ModelOptions, *, ship: bool | None = None) -> ModelOptions:
+def ship_model(spark: SparkSession, options: EngineSettings, *, ship: bool | None = None) -> EngineSettings:
     """Make the checkpoint reachable from every executor; returns the options the tasks should use.
 
     A hub id is resolved (downloaded) once, here on the driver. With ``ship`` (default: when the master is
@@ -248,19 +211,18 @@ def ship_model(spark: SparkSession, options: ModelOptions, *, ship: bool | None 
 
     if options.ref.startswith(SPARK_FILES_PREFIX):
         return options
-    local = Path(options.ref).expanduser()
-    name = options.model_name or (local.resolve().name if local.exists() else options.ref)
+    name = options.display_name
     path = resolve_model_ref(options.ref, options.revision)
     if ship is None:
         ship = not spark.sparkContext.master.startswith("local")
     if not ship:
-        return replace(options, ref=str(path), model_name=name)
+        return options.replace(ref=str(path), model_name=name)
     archive = model_archive(path)
     if archive.name not in _SHIPPED:
         spark.sparkContext.addArchive(str(archive))
         _SHIPPED.add(archive.name)
         logger.info("shipping model folder %s to the executors as %s", path, archive.name)
-    return replace(options, ref=SPARK_FILES_PREFIX + archive.name, model_name=name)
+    return options.replace(ref=SPARK_FILES_PREFIX + archive.name, model_name=name)
 
 
 def model_archive(path: Path) -> Path:
@@ -344,9 +306,7 @@ def arrow_output_schema(input_schema: StructType, keep: Sequence[str] = ()) -> p
 def check_columns(df: DataFrame, config: ClassifyConfig) -> None:
     """Fail on the driver, before any task, when a column the job needs is missing."""
     names = set(df.columns)
-    needed = [config.text_column, *config.keep]
-    if config.labels.column is not None:
-        needed.append(config.labels.column)
+    needed = [config.text_column, *config.keep, *config.labels.columns]
     missing = [c for c in needed if c not in names]
     if missing:
         raise KeyError(f"columns {missing} are not in the input (columns: {df.columns})")
@@ -356,15 +316,15 @@ def check_columns(df: DataFrame, config: ClassifyConfig) -> None:
 
 
 def make_config(
-    model: str | ModelOptions,
+    model: str | EngineSettings,
     labels: LabelSpec | Sequence[str],
     *,
     text_column: str = "text",
     keep: Sequence[str] = (),
     batch_rows: int | None = None,
 ) -> ClassifyConfig:
-    """A ``ClassifyConfig`` from friendly arguments (a model path or options; a label list or ``LabelSpec``)."""
-    options = model if isinstance(model, ModelOptions) else ModelOptions(ref=str(model))
+    """A ``ClassifyConfig`` from friendly arguments (a model path or settings; a label list or ``LabelSpec``)."""
+    options = model if isinstance(model, EngineSettings) else EngineSettings(ref=str(model))
     spec = labels if isinstance(labels, LabelSpec) else LabelSpec(labels=list(labels))
     return ClassifyConfig(options, spec, text_column=text_column, keep=tuple(keep), batch_rows=batch_rows)
 
@@ -374,7 +334,7 @@ def make_config(
 
 def classify_dataframe(
     df: DataFrame,
-    model: str | ModelOptions,
+    model: str | EngineSettings,
     labels: LabelSpec | Sequence[str],
     *,
     text_column: str = "text",
@@ -403,7 +363,7 @@ def classify_dataframe(
 
 
 def classify_udf(
-    model: str | ModelOptions,
+    model: str | EngineSettings,
     labels: LabelSpec | Sequence[str],
     *,
     batch_rows: int | None = None,
@@ -411,34 +371,40 @@ def classify_udf(
     """A pandas UDF (iterator of batches) returning the result struct for a text column.
 
     With a fixed label set call it with the text column, ``udf("text")``; with ``LabelSpec(column=...)``
-    call it with the text and the labels column, ``udf("text", "labels")`` (an ``array<string>`` per row).
-    A row that cannot be classified (null text, no labels) gets its status, never an error.
+    call it with the text and the labels column, ``udf("text", "labels")`` (an ``array<string>`` per row);
+    with ``LabelSpec(examples_column=...)`` add the examples column last (``array<struct<text, labels>>`` or
+    its JSON per row). A row that cannot be classified (null text, no labels) gets its status, never an error.
     """
     from pyspark.sql.functions import pandas_udf
 
     config = make_config(model, labels, text_column="__text", batch_rows=batch_rows)
-    label_column = config.labels.column
+    converters = {"__text": _arrow_texts}
+    if config.labels.column is not None:
+        converters[config.labels.column] = _arrow_labels
+    if config.labels.examples_column is not None:
+        converters[config.labels.examples_column] = _arrow_json
     return_type = result_struct_type()
 
-    # pandas UDF type hints are read at definition time: pandas and Iterator are module globals here.
-    def to_frame(table: pa.Table) -> pd.DataFrame:
-        return table.select(list(RESULT_COLUMNS)).to_pandas()
+    def classify_series(columns: Sequence[pd.Series]) -> pd.DataFrame:
+        batch = pa.record_batch({name: convert(s) for (name, convert), s in zip(converters.items(), columns)})
+        results = pa.Table.from_batches(list(classify_batches([batch], config)))
+        return results.select(list(RESULT_COLUMNS)).to_pandas()
 
-    if label_column is None:
+    # pandas UDF type hints are read at definition time (one arity per form); pandas and Iterator are globals.
+    def classify_one(texts: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        for series in texts:
+            yield classify_series([series])
 
-        def classify_texts(texts: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-            for series in texts:
-                batch = pa.record_batch({"__text": _arrow_texts(series)})
-                yield to_frame(pa.Table.from_batches(list(classify_batches([batch], config))))
+    def classify_two(pairs: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        for pair in pairs:
+            yield classify_series(pair)
 
-        return pandas_udf(classify_texts, return_type)  # type: ignore[call-overload]
+    def classify_three(triples: Iterator[tuple[pd.Series, pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        for triple in triples:
+            yield classify_series(triple)
 
-    def classify_texts_labels(pairs: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
-        for texts, row_labels in pairs:
-            batch = pa.record_batch({"__text": _arrow_texts(texts), label_column: _arrow_labels(row_labels)})
-            yield to_frame(pa.Table.from_batches(list(classify_batches([batch], config))))
-
-    return pandas_udf(classify_texts_labels, return_type)  # type: ignore[call-overload]
+    function = (classify_one, classify_two, classify_three)[len(converters) - 1]
+    return pandas_udf(function, return_type)  # type: ignore[call-overload]
 
 
 def _arrow_texts(series: pd.Series) -> pa.Array:
@@ -447,6 +413,15 @@ def _arrow_texts(series: pd.Series) -> pa.Array:
         return pa.Array.from_pandas(series)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return pa.array([None if v is None else str(type(v)) for v in series], pa.binary())
+
+
+def _arrow_json(series: pd.Series) -> pa.Array:
+    """A pandas column of nested values (per-row few-shot examples) as their JSON text; strings are kept."""
+    def plain(value: Any) -> Any:
+        return value.tolist() if hasattr(value, "tolist") else str(value)
+
+    return pa.array([None if v is None else v if isinstance(v, str) else json.dumps(v, default=plain)
+                     for v in series], pa.string())
 
 
 def _arrow_labels(series: pd.Series) -> pa.Array:
@@ -464,6 +439,7 @@ def _arrow_labels(series: pd.Series) -> pa.Array:
 __all__ = [
     "LOAD_LOG_ENV",
     "ClassifyConfig",
+    "EngineSettings",
     "ModelOptions",
     "PartitionStats",
     "classify_batches",

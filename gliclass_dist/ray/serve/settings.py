@@ -1,9 +1,23 @@
 """Deploy-time settings of the Serve application (``ServeArgs``) and its runtime-adjustable batching
-settings (``BatchingConfig``, the deployment's ``user_config``)."""
+settings (``BatchingConfig``, the deployment's ``user_config``).
+
+``ServeArgs`` stays flat (``serve run ... key=value``); its engine fields derive each model's
+``EngineSettings`` (``ServeArgs.engine_settings``) and are checked by the same field types."""
 
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gliclass_dist.settings import (
+    Backend,
+    CacheRows,
+    Device,
+    DType,
+    EngineSettings,
+    Threads,
+    TokenBudget,
+    Window,
+)
 
 DEFAULT_MODEL_ID = "default"
 DEFAULT_TOKEN_ENV = "GLICLASS_SERVE_TOKEN"
@@ -24,12 +38,16 @@ class ServeArgs(BaseModel):
         description="allow-listed extra checkpoints, id -> folder/hub id, served by multiplexing; "
         "also accepted as 'id=ref,id2=ref2'",
     )
-    device: str = "auto"
-    dtype: str = "auto"
-    max_length: int | None = Field(None, gt=8)
-    token_budget: int | None = Field(None, gt=0, description="padded tokens per forward pass (default: 2k CPU, 16k GPU)")
+    # the engine (EngineSettings fields; see engine_settings)
+    revision: str | None = Field(None, description="hub revision of the default model (a hub id)")
+    device: Device = "auto"
+    dtype: DType = "auto"
+    backend: Backend = Field("torch", description="torch, or int8 / onnx-int8 (CPU, float32)")
+    max_length: Window | None = None
+    token_budget: TokenBudget | None = None
     allow_pickle: bool = False
-    torch_threads: int | None = Field(None, ge=1, description="intra-op threads (default: the replica's CPUs)")
+    torch_threads: Threads | None = Field(None, description="intra-op threads (default: the replica's CPUs)")
+    result_cache_rows: CacheRows = 0
 
     # dynamic batching (runtime-adjustable through user_config)
     max_batch_size: int = Field(64, ge=1, description="texts merged into one engine call")
@@ -114,6 +132,26 @@ class ServeArgs(BaseModel):
         if self.min_replicas is not None and self.max_replicas is not None and self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
         return self
+
+    @property
+    def threads(self) -> int:
+        """torch threads of a replica: ``torch_threads``, else the replica's CPUs (at least one)."""
+        return self.torch_threads or max(1, int(self.num_cpus or 1))
+
+    def engine_settings(self, ref: str) -> EngineSettings:
+        """The engine settings of the model at ``ref`` (the default model or an allow-listed one)."""
+        return EngineSettings(
+            ref=ref,
+            revision=self.revision if ref == self.model else None,
+            device=self.device,
+            dtype=self.dtype,
+            backend=self.backend,
+            max_length=self.max_length,
+            token_budget=self.token_budget,
+            threads=self.threads,
+            allow_pickle=self.allow_pickle,
+            result_cache_rows=self.result_cache_rows,
+        )
 
     @property
     def autoscaling_config(self) -> dict[str, Any] | None:
