@@ -4,6 +4,14 @@ A ``Calibration`` holds a default ``(scale, bias)`` and optional per-label pairs
 ``bias = 0`` is temperature scaling, a free pair is Platt scaling. It is saved as ``calibration.json`` beside
 the model's weights; ``Classifier.from_pretrained`` loads it when present, so every front end (CLI, Ray,
 Spark, Serve) applies the same map. ``gliclass_dist.train.calibrate`` fits one from labelled rows.
+
+File layout (``format_version`` 1; any other key is rejected with its name)::
+
+    {"format_version": 1, "method": "per-label-platt", "mode": "multi-label",
+     "default": [0.8, -0.3], "per_label": {"sports": [1.1, 0.2]}, "info": {"rows": 40}}
+
+``mode`` records the mode the map was fitted for (the engine applies it in either mode; fit it in the mode
+the jobs run). ``info`` is free provenance (rows used, held-out log loss of each method), not read back.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ import numpy as np
 
 CALIBRATION_FILE = "calibration.json"
 FORMAT_VERSION = 1
+METHODS = ("none", "temperature", "platt", "per-label-platt")
+FILE_KEYS = ("format_version", "method", "mode", "default", "per_label", "info")
 
 
 def _check_pair(name: str, pair: Any) -> tuple[float, float]:
@@ -39,11 +49,17 @@ class Calibration:
     bias: float = 0.0
     per_label: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     method: str = "platt"
+    mode: str | None = None  # the mode it was fitted for ("multi-label" / "single-label"), None if unknown
+    info: Mapping[str, Any] = field(default_factory=dict)  # provenance, saved as is
 
     def __post_init__(self) -> None:
         _check_pair("default", (self.scale, self.bias))
         for label, pair in self.per_label.items():
             _check_pair(f"label {label!r}", pair)
+        if self.method not in METHODS:
+            raise ValueError(f"calibration method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        if self.mode not in (None, "multi-label", "single-label"):
+            raise ValueError(f"calibration mode must be multi-label, single-label or null; got {self.mode!r}")
 
     @property
     def is_identity(self) -> bool:
@@ -61,8 +77,10 @@ class Calibration:
         return {
             "format_version": FORMAT_VERSION,
             "method": self.method,
+            "mode": self.mode,
             "default": [self.scale, self.bias],
             "per_label": {label: list(pair) for label, pair in self.per_label.items()},
+            "info": dict(self.info),
         }
 
     @classmethod
@@ -70,12 +88,25 @@ class Calibration:
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(f"calibration format_version must be {FORMAT_VERSION}, got {version!r}")
+        unknown = sorted(set(map(str, data)) - set(FILE_KEYS))
+        if unknown:
+            raise ValueError(f"calibration: unknown keys {unknown} (allowed: {', '.join(FILE_KEYS)})")
         scale, bias = _check_pair("default", data.get("default", (1.0, 0.0)))
         per_label = data.get("per_label") or {}
         if not isinstance(per_label, Mapping):
             raise ValueError(f"calibration per_label must be a mapping, got {type(per_label).__name__}")
         pairs = {str(label): _check_pair(f"label {label!r}", pair) for label, pair in per_label.items()}
-        return cls(scale=scale, bias=bias, per_label=pairs, method=str(data.get("method", "platt")))
+        info = data.get("info") or {}
+        if not isinstance(info, Mapping):
+            raise ValueError(f"calibration info must be a mapping, got {type(info).__name__}")
+        return cls(
+            scale=scale,
+            bias=bias,
+            per_label=pairs,
+            method=str(data.get("method", "platt")),
+            mode=data.get("mode"),
+            info=dict(info),
+        )
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write ``calibration.json`` into ``folder`` (a model folder); returns its path."""
@@ -101,4 +132,4 @@ def load_calibration(folder: str | os.PathLike[str]) -> Calibration | None:
         raise ValueError(f"{path}: {exc}") from None
 
 
-__all__ = ["CALIBRATION_FILE", "Calibration", "load_calibration"]
+__all__ = ["CALIBRATION_FILE", "METHODS", "Calibration", "load_calibration"]
