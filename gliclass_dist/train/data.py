@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from gliclass_dist.labels import check_examples, check_no_marker, check_prompt
 from gliclass_dist.model.inputs import EncodedRow, InputBuilder, LabelTooLongError
 
 logger = logging.getLogger(__name__)
@@ -67,10 +68,18 @@ def _string_list(value: Any, name: str, where: str, allow_empty: bool) -> list[s
     for item in value:
         if not isinstance(item, str) or not item.strip():
             raise DataError(f"{where}: {name!r} holds {item!r}; every label must be a non-empty string")
-        out.append(item.strip())
+        out.append(no_marker(item.strip(), f"{where}: {name}"))
     if not out and not allow_empty:
         raise DataError(f"{where}: {name!r} is empty")
     return out
+
+
+def no_marker(text: str, where: str) -> str:
+    """``text`` unchanged, or a ``DataError`` when it holds a model marker string (<<LABEL>>, <<SEP>>, ...)."""
+    try:
+        return check_no_marker(text, where)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
 
 
 def validate_record(obj: Any, where: str) -> TrainRecord:
@@ -82,6 +91,7 @@ def validate_record(obj: Any, where: str) -> TrainRecord:
     text = obj["text"]
     if not isinstance(text, str) or not text.strip():
         raise DataError(f"{where}: 'text' must be a non-empty string, got {text!r:.60}")
+    no_marker(text, f"{where}: text")
     if "all_labels" not in obj:
         raise DataError(f"{where}: the 'all_labels' field is missing")
     all_labels = _string_list(obj["all_labels"], "all_labels", where, allow_empty=False)
@@ -99,9 +109,12 @@ def validate_record(obj: Any, where: str) -> TrainRecord:
     if both:
         raise DataError(f"{where}: {both} are both true and unknown")
     prompt = obj.get("prompt")
-    if prompt is not None and not isinstance(prompt, str):
-        raise DataError(f"{where}: 'prompt' must be a string, got {type(prompt).__name__}")
     examples = obj.get("examples")
+    try:
+        check_prompt(prompt, f"{where}: prompt")
+        check_examples(examples, f"{where}: examples")
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
     if examples is not None:
         if not isinstance(examples, list):
             raise DataError(f"{where}: 'examples' must be a list of objects")

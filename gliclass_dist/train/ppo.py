@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from gliclass_dist.model.inputs import InputBuilder
 from gliclass_dist.model.modeling import GLiClassModel
 from gliclass_dist.train.data import Batch, TrainRecord, make_batch
+from gliclass_dist.train.label_sampling import LabelSampler
 from gliclass_dist.train.metrics import evaluate
 from gliclass_dist.train.supervised import build_optimizer, save_run, seed_everything
 
@@ -139,8 +140,14 @@ def train_ppo(
     cfg: PPOConfig | None = None,
     reward_fn: RewardFn | None = None,
     out_dir: str | os.PathLike[str] | None = None,
+    label_sampler: LabelSampler | None = None,
 ) -> PPOResult:
-    """Run PPO on ``model`` in place; returns the reward history and evaluations (micro/macro F1)."""
+    """Run PPO on ``model`` in place; returns the reward history and evaluations (micro/macro F1).
+
+    With ``label_sampler``, each item's label set is sampled afresh every step (vocabulary negatives
+    join the action space; the item's unknown labels, their synonyms and near-synonyms are left out),
+    and the reward is computed on the sampled record.
+    """
     cfg = cfg or PPOConfig()
     if not train_records:
         raise ValueError("no training records")
@@ -187,6 +194,8 @@ def train_ppo(
             order.extend(fresh)
         members, order = order[: cfg.batch_size], order[cfg.batch_size :]
         records = [train_records[i] for i in members]
+        if label_sampler is not None:
+            records = label_sampler.sample_all(records, rng)
         batch = make_batch(builder, records, rng).to(device)
         with torch.no_grad():
             out_old = model(batch.input_ids, batch.attention_mask, return_embeddings=value_head is not None)
@@ -261,5 +270,5 @@ def train_ppo(
     result.steps = cfg.steps
     result.seconds = time.perf_counter() - started
     if out_dir is not None:
-        result.out_dir = str(save_run(model, tokenizer, out_dir, cfg, result))
+        result.out_dir = str(save_run(model, tokenizer, out_dir, cfg, result, label_sampler))
     return result

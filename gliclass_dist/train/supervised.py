@@ -29,6 +29,7 @@ from gliclass_dist.model.inputs import InputBuilder
 from gliclass_dist.model.loading import save_pretrained
 from gliclass_dist.model.modeling import GLiClassModel
 from gliclass_dist.train.data import TrainRecord, make_batch
+from gliclass_dist.train.label_sampling import LabelSampler
 from gliclass_dist.train.losses import compute_loss
 from gliclass_dist.train.metrics import evaluate
 
@@ -142,8 +143,14 @@ def train_supervised(
     cfg: SupervisedConfig | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    label_sampler: LabelSampler | None = None,
 ) -> TrainResult:
-    """Fine-tune ``model`` in place on ``train_records``; evaluate on ``eval_records``; save to ``out_dir``."""
+    """Fine-tune ``model`` in place on ``train_records``; evaluate on ``eval_records``; save to ``out_dir``.
+
+    With ``label_sampler``, each item is scored against a freshly sampled label set every time it is
+    batched (its true labels, some of its other labels, vocabulary negatives); evaluation uses the
+    records' own label sets.
+    """
     cfg = cfg or SupervisedConfig()
     if not train_records:
         raise ValueError("no training records")
@@ -175,6 +182,8 @@ def train_supervised(
         optimizer.zero_grad(set_to_none=True)
         for b, members in enumerate(batches):
             records = [train_records[i] for i in members]
+            if label_sampler is not None:
+                records = label_sampler.sample_all(records, rng)
             batch = make_batch(builder, records, rng if cfg.shuffle_labels else None).to(device)
             out = model(batch.input_ids, batch.attention_mask)
             mask = batch.loss_mask & out.label_mask
@@ -213,15 +222,20 @@ def train_supervised(
     result.steps = step
     result.seconds = time.perf_counter() - started
     if out_dir is not None:
-        result.out_dir = str(save_run(model, tokenizer, out_dir, cfg, result))
+        result.out_dir = str(save_run(model, tokenizer, out_dir, cfg, result, label_sampler))
     return result
 
 
-def save_run(model: GLiClassModel, tokenizer: Any, out_dir: str | os.PathLike[str], cfg: Any, result: Any) -> Path:
+def save_run(
+    model: GLiClassModel, tokenizer: Any, out_dir: str | os.PathLike[str], cfg: Any, result: Any,
+    label_sampler: LabelSampler | None = None,
+) -> Path:
     """Save the checkpoint (published layout) plus ``training_metrics.json`` beside it."""
     path = save_pretrained(model, out_dir, tokenizer)
     summary = {"config": asdict(cfg), "history": result.history, "steps": result.steps,
                "seconds": round(result.seconds, 1)}
+    if label_sampler is not None:
+        summary["label_sampling"] = label_sampler.describe()
     if getattr(result, "final_eval", None):
         summary["final_eval"] = result.final_eval
     (path / "training_metrics.json").write_text(json.dumps(summary, indent=2))
