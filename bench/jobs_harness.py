@@ -76,18 +76,21 @@ def job_spec(
 
 
 class TreeSampler:
-    """Peak RSS of a process tree: the root (driver), the JVM (Spark), and the largest single worker.
+    """Peak RSS of a process tree: the root (driver), the JVM (Spark), the largest single worker, the rest.
 
     Also the peak *private* memory (RSS minus shared pages) of the driver and of the largest worker:
     Ray workers map the shared-memory object store, whose pages count in their RSS as they read
     blocks from it, so RSS alone grows with the data a worker has touched, not with what it holds.
+    ``samples`` keeps each sample's private MB (driver, JVM, largest worker, largest other process).
     """
 
     def __init__(self, pid: int, worker_markers: tuple[str, ...]) -> None:
         self.pid = pid
         self.markers = worker_markers
         self.peak = {"driver_rss_mb": 0.0, "jvm_rss_mb": 0.0, "worker_rss_mb": 0.0, "tree_rss_mb": 0.0,
-                     "driver_private_mb": 0.0, "worker_private_mb": 0.0}
+                     "driver_private_mb": 0.0, "worker_private_mb": 0.0, "jvm_private_mb": 0.0,
+                     "other_private_mb": 0.0, "tree_private_mb": 0.0}
+        self.largest_other = ""
         self.largest_worker = ""
         self.samples: list[dict[str, float]] = []
         self._stop = threading.Event()
@@ -111,7 +114,8 @@ class TreeSampler:
                 procs = [root] + root.children(recursive=True)
             except psutil.Error:
                 break
-            driver = jvm = worker = total = driver_private = worker_private = 0.0
+            driver = jvm = worker = total = driver_private = worker_private = jvm_private = 0.0
+            other_private = total_private = 0.0
             for proc in procs:
                 try:
                     info = proc.memory_info()
@@ -121,21 +125,28 @@ class TreeSampler:
                 except psutil.Error:
                     continue
                 total += rss
+                total_private += private
                 if proc.pid == self.pid:
                     driver, driver_private = rss, private
                 elif "java" in proc.name():
-                    jvm = max(jvm, rss)
+                    jvm, jvm_private = max(jvm, rss), max(jvm_private, private)
                 elif any(m in cmd for m in self.markers):
                     worker = max(worker, rss)
                     if private > worker_private:
                         worker_private = private
                         if private > self.peak["worker_private_mb"]:
                             self.largest_worker = cmd[:80]
-            sample = {"t": round(time.perf_counter() - start, 1), "driver": driver, "jvm": jvm, "worker": worker}
+                elif private > other_private:  # raylet, GCS, dashboard: the rest of the tree
+                    other_private = private
+                    if private > self.peak["other_private_mb"]:
+                        self.largest_other = cmd[:80]
+            sample = {"t": round(time.perf_counter() - start, 1), "driver": round(driver_private, 1),
+                      "jvm": round(jvm_private, 1), "worker": round(worker_private, 1), "other": round(other_private, 1)}
             self.samples.append(sample)
             for key, value in (("driver_rss_mb", driver), ("jvm_rss_mb", jvm), ("worker_rss_mb", worker),
                                ("tree_rss_mb", total), ("driver_private_mb", driver_private),
-                               ("worker_private_mb", worker_private)):
+                               ("worker_private_mb", worker_private), ("jvm_private_mb", jvm_private),
+                               ("other_private_mb", other_private), ("tree_private_mb", total_private)):
                 self.peak[key] = max(self.peak[key], round(value, 1))
             self._stop.wait(0.5)
 
@@ -157,7 +168,8 @@ def run_process(cmd: list[str], env: dict[str, str], markers: tuple[str, ...], t
                     os.killpg(proc.pid, 9)
                     code = proc.wait()
     return {"wall_s": round(time.perf_counter() - started, 2), "exit_code": code, **sampler.peak,
-            "largest_worker": sampler.largest_worker, "log": str(log)}
+            "largest_worker": sampler.largest_worker, "largest_other": sampler.largest_other,
+            "samples": sampler.samples, "log": str(log)}
 
 
 def base_env(threads: int) -> dict[str, str]:

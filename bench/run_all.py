@@ -8,7 +8,8 @@ Runs each step as its own process (one crash does not stop the others), in this 
 4. ``distributed.py``: Ray job and Spark job vs the engine alone on the same cores;
 5. ``scale.py``: the Ray and Spark jobs at two input sizes, rows/s and peak memory (reduced sizes here;
    the issue's 100k / 1M rows: ``python bench/scale.py --rows 100000 1000000``);
-6. ``fewshot_bbc.py --quick`` and ``serve_load.py`` (owned by other helpers), when present.
+6. ``dedup.py``: rows/s when half the rows repeat earlier ones (in-batch de-duplication, result cache);
+7. ``fewshot_bbc.py --quick`` and ``serve_load.py`` (owned by other helpers), when present.
 
 Each writes its JSON (+ PNG) into ``bench/results/``; this script writes ``run_all.json`` with every
 step's exit code and duration. ``--only``/``--skip`` pick steps; ``--full`` runs the issue's sizes.
@@ -45,6 +46,9 @@ def steps(full: bool) -> list[tuple[str, list[str], float]]:
         ("scale", [py, "bench/scale.py", "--rows", *(["100000", "1000000"] if full else ["10000", "50000"])],
          7200 if full else 600),
     ]
+    # no repeated work: half the rows repeat earlier ones; the engine (interleaved), and with --full the Ray job
+    out.append(("dedup", [py, "bench/dedup.py", "--rows", "1000" if full else "400", "--rounds", "2"]
+                + (["--ray"] if full else []), 1800 if full else 600))
     if (BENCH / "fewshot_bbc.py").exists():
         out.append(("fewshot_bbc", [py, "bench/fewshot_bbc.py"] + ([] if full else ["--quick"]), 1800))
     if (BENCH / "serve_load.py").exists():
