@@ -11,8 +11,9 @@ The public names below load on first use: importing the package imports neither 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from gliclass_dist.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -32,17 +33,7 @@ if TYPE_CHECKING:
     from gliclass_dist.spec import JobSpec
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'gliclass_dist' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = ["Classifier", "EngineSettings", "JobSpec", "LabelSpec", "Prediction", "__version__"]

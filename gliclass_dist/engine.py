@@ -52,6 +52,7 @@ from gliclass_dist.labels import (
     check_threshold,
     validate_fixed_labels,
 )
+from gliclass_dist.model.bi_scoring import is_out_of_memory, merge_units, score_bi_encoder_rows
 from gliclass_dist.model.inputs import EncodedRow, InputBuilder
 from gliclass_dist.model.loading import load_input_builder, load_model, load_tokenizer, resolve_model_ref
 from gliclass_dist.model.modeling import GLiClassModel
@@ -126,10 +127,6 @@ def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
-
-
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 class Classifier:
@@ -313,7 +310,7 @@ class Classifier:
                 for i, logits in zip(batch, self._forward([units[i] for i in batch])):
                     results[i] = logits
             except Exception as exc:  # noqa: BLE001 - isolate the failure to the rows that cause it
-                oom = _is_oom(exc)
+                oom = is_out_of_memory(exc)
                 if oom and self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 if len(batch) == 1:
@@ -364,8 +361,6 @@ class Classifier:
         again; either way a row gets the logits its own forward pass would give.
         """
         if getattr(self.model, "label_cache", None) is not None:  # a bi-encoder: its row keys omit the labels
-            from gliclass_dist.model.bi_scoring import score_bi_encoder_rows
-
             return score_bi_encoder_rows(
                 self.model, self.builder, rows, device=self.device, budget=self.active_budget, plan=self._plan,
                 stats=self.stats, fault_hook=self.fault_hook,
@@ -405,25 +400,7 @@ class Classifier:
             for chunk in row.chunks:
                 units.append(chunk)
                 owner.append(r)
-        scored = self._score_units(units) if units else []
-        parts: list[list[np.ndarray]] = [[] for _ in rows]
-        failed: dict[int, Exception] = {}
-        for r, res in zip(owner, scored):
-            if isinstance(res, Exception):
-                failed[r] = res
-            else:
-                parts[r].append(res)
-        out: list[np.ndarray | Exception] = []
-        for r, row in enumerate(rows):
-            if r in failed:
-                out.append(failed[r])
-                continue
-            merged = np.concatenate(parts[r]) if parts[r] else np.zeros(0, dtype=np.float32)
-            if merged.shape[0] != len(row.labels):
-                out.append(RuntimeError(f"expected {len(row.labels)} label scores, got {merged.shape[0]}"))
-            else:
-                out.append(merged)
-        return out
+        return merge_units(rows, owner, self._score_units(units) if units else [])
 
     # -- Python API ----------------------------------------------------------------------------
     def __call__(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +24,15 @@ from gliclass_dist.labels import check_threshold
 
 Require = Literal["any", "all"]
 Action = Literal["keep", "drop"]
+
+
+class FilterOptions(TypedDict, total=False):
+    """The keyword options of a filter (``FilterRule.of``, ``filter_dataset``, ``filter_dataframe``, ...)."""
+
+    threshold: float  # the threshold of every label given as a list (default 0.5)
+    require: Require  # "any" (default) or "all" of the labels must pass
+    action: Action  # "keep" (default) or "drop" the passing rows
+    keep_unscored: bool  # with action="keep": also keep rows that got no scores (default False)
 
 
 def label_thresholds(labels: Sequence[str] | Mapping[str, float], threshold: float) -> dict[str, float]:
@@ -81,17 +90,15 @@ class FilterRule:
     keep_unscored: bool = False
 
     @classmethod
-    def of(
-        cls,
-        labels: Sequence[str] | Mapping[str, float],
-        *,
-        threshold: float = 0.5,
-        require: Require = "any",
-        action: Action = "keep",
-        keep_unscored: bool = False,
-    ) -> FilterRule:
-        """The rule for ``labels`` (a list with one ``threshold``, or ``{label: threshold}``); ``ValueError`` names
-        a bad label, threshold, ``require`` or ``action``."""
+    def of(cls, labels: Sequence[str] | Mapping[str, float], **options: Unpack[FilterOptions]) -> FilterRule:
+        """The rule for ``labels`` (a list with one ``threshold``, or ``{label: threshold}``) and ``options``
+        (``FilterOptions``); ``ValueError`` names a bad label, threshold, ``require``, ``action`` or option."""
+        unknown = sorted(set(options) - set(FilterOptions.__annotations__))
+        if unknown:
+            raise ValueError(f"unknown filter option(s) {unknown} (known: {', '.join(FilterOptions.__annotations__)})")
+        threshold = options.get("threshold", 0.5)
+        require, action = options.get("require", "any"), options.get("action", "keep")
+        keep_unscored = options.get("keep_unscored", False)
         if require not in ("any", "all"):
             raise ValueError(f"require must be 'any' or 'all', got {require!r}")
         if action not in ("keep", "drop"):
@@ -112,14 +119,7 @@ class FilterRule:
 
 
 def filter_results(
-    results: pa.Table,
-    labels: Sequence[str] | Mapping[str, float],
-    *,
-    threshold: float = 0.5,
-    require: Require = "any",
-    action: Action = "keep",
-    keep_unscored: bool = False,
+    results: pa.Table, labels: Sequence[str] | Mapping[str, float], **options: Unpack[FilterOptions]
 ) -> pa.Table:
     """``results`` with the passing rows kept (``action="keep"``) or removed (``action="drop"``)."""
-    rule = FilterRule.of(labels, threshold=threshold, require=require, action=action, keep_unscored=keep_unscored)
-    return rule.apply(results)
+    return FilterRule.of(labels, **options).apply(results)

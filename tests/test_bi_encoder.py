@@ -11,12 +11,14 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 
 gliclass = pytest.importorskip("gliclass")
+
+from parity_helpers import LABELS as LABELS_5  # noqa: E402
+from parity_helpers import TEXTS, TOLERANCE, max_error, ours, spread  # noqa: E402
 
 from gliclass_dist.encode import EncodedBatch, encode_arrow  # noqa: E402
 from gliclass_dist.engine import Classifier  # noqa: E402
@@ -25,17 +27,9 @@ from gliclass_dist.model.loading import CheckpointError  # noqa: E402
 from gliclass_dist.model.tiny import CORPUS, tiny_encoder_config, train_tokenizer  # noqa: E402
 from gliclass_dist.model.tiny_bi import build_tiny_bi_encoder_checkpoint  # noqa: E402
 
-TEXTS = [
-    "The central bank raised interest rates again.",
-    "The football club won the league after a dramatic final.",
-    "A new smartphone with a faster chip was released today, and reviewers praised the camera and the battery.",
-    "Refund missing",
-]
-LABELS_5 = ["business", "sport", "technology news", "politics", "billing complaint"]
 WORDS = sorted({w.strip(".,").lower() for line in CORPUS for w in line.split() if len(w) > 3})
 LABELS_40 = [f"{a} {b}" for a, b in zip(WORDS[:40], WORDS[40:80])]
 PROMPT = "Classify the topic:"
-TOLERANCE = 1e-5
 
 
 def build_reference_bi_encoder(path: Path, architecture: str, **options) -> Path:
@@ -88,23 +82,6 @@ def reference_scores(path_or_pipe, texts, labels, **call) -> list[dict[str, floa
     """The reference's scores, one text at a time (a pipeline or a checkpoint folder to build one from)."""
     pipe = reference_pipeline(path_or_pipe) if isinstance(path_or_pipe, Path) else path_or_pipe
     return [{p["label"]: p["score"] for p in pipe(text, labels, threshold=0.0, **call)[0]} for text in texts]
-
-
-def ours(path: Path, texts, labels, **call) -> list[dict[str, float]]:
-    clf = Classifier.from_pretrained(path, device="cpu", token_budget=256)
-    preds = clf.classify(texts, labels, threshold=0.0, **call)
-    assert all(p.status == "ok" for p in preds), [p.status for p in preds]
-    return [p.scores for p in preds]
-
-
-def max_error(a: list[dict[str, float]], b: list[dict[str, float]]) -> float:
-    assert [list(x) for x in a] == [list(x) for x in b]
-    return max(abs(x[k] - y[k]) for x, y in zip(a, b) for k in x)
-
-
-def spread(scores: list[dict[str, float]]) -> float:
-    values = np.array([v for s in scores for v in s.values()])
-    return float(values.max() - values.min())
 
 
 @pytest.mark.parametrize("architecture", ["bi-encoder", "bi-encoder-fused"])

@@ -16,22 +16,16 @@ import torch
 
 gliclass = pytest.importorskip("gliclass")
 
+from parity_helpers import LABELS as LABELS_5  # noqa: E402
+from parity_helpers import TEXTS, TOLERANCE, max_error, spread  # noqa: E402
 from transformers import Qwen2Config, Qwen3Config  # noqa: E402
 
 from gliclass_dist.engine import Classifier  # noqa: E402
 from gliclass_dist.model.loading import CheckpointError  # noqa: E402
 from gliclass_dist.model.tiny import train_tokenizer  # noqa: E402
 
-TEXTS = [
-    "The central bank raised interest rates again.",
-    "The football club won the league after a dramatic final.",
-    "A new smartphone with a faster chip was released today, and reviewers praised the camera and the battery.",
-    "Refund missing",
-]
-LABELS_5 = ["business", "sport", "technology news", "politics", "billing complaint"]
 LABELS_40 = [f"topic {i} news" for i in range(40)]
 PROMPT = "Classify the topic:"
-TOLERANCE = 1e-5
 
 
 def reference_pipeline(path: Path):
@@ -44,16 +38,6 @@ def reference_pipeline(path: Path):
 
 def reference_scores(pipe, texts, labels, **call) -> list[dict[str, float]]:
     return [{p["label"]: p["score"] for p in pipe(text, labels, threshold=0.0, **call)[0]} for text in texts]
-
-
-def max_error(a: list[dict[str, float]], b: list[dict[str, float]]) -> float:
-    assert [list(x) for x in a] == [list(x) for x in b]
-    return max(abs(x[k] - y[k]) for x, y in zip(a, b) for k in x)
-
-
-def spread(scores: list[dict[str, float]]) -> float:
-    values = [v for s in scores for v in s.values()]
-    return max(values) - min(values)
 
 
 def tiny_qwen2_config(vocab_size: int) -> dict:

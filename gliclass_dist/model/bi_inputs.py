@@ -16,9 +16,8 @@ is reported for its row. Like the uni-encoder builder, marker strings are remove
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
@@ -28,7 +27,9 @@ from gliclass_dist.model.inputs import (
     MIN_TEXT_TOKENS,
     TEXT_SHARE,
     EncodedRow,
+    Examples,
     LabelTooLongError,
+    RowExamples,
     default_max_length,
     format_examples,
     scrub_text,
@@ -79,12 +80,8 @@ class BiEncoderInputBuilder:
 
     # -- rows ----------------------------------------------------------------------------------
     def encode(
-        self,
-        texts: Sequence[str],
-        labels: Sequence[Sequence[str]],
-        prompt: str | None = None,
-        examples: Sequence[Mapping[str, Any]] | None = None,
-        row_examples: Sequence[Sequence[Mapping[str, Any]] | None] | None = None,
+        self, texts: Sequence[str], labels: Sequence[Sequence[str]], prompt: str | None = None,
+        examples: Examples | None = None, row_examples: RowExamples | None = None,
     ) -> list[EncodedRow | LabelTooLongError]:
         """Encode rows (texts already validated as strings; label lists already cleaned and non-empty).
 

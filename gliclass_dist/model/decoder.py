@@ -17,8 +17,7 @@ Recurrent inference (``recurrent_steps`` > 1) and multimodal backbones are refus
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -30,7 +29,9 @@ from gliclass_dist.model.config import LABEL_TOKEN, SEP_TOKEN, GLiClassConfig
 from gliclass_dist.model.inputs import (
     MAX_CHARS_PER_TOKEN,
     EncodedRow,
+    Examples,
     LabelTooLongError,
+    RowExamples,
     format_examples,
     scrub_text,
 )
@@ -180,12 +181,8 @@ class DecoderKVInputBuilder:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def encode(
-        self,
-        texts: Sequence[str],
-        labels: Sequence[Sequence[str]],
-        prompt: str | None = None,
-        examples: Sequence[Mapping[str, Any]] | None = None,
-        row_examples: Sequence[Sequence[Mapping[str, Any]] | None] | None = None,
+        self, texts: Sequence[str], labels: Sequence[Sequence[str]], prompt: str | None = None,
+        examples: Examples | None = None, row_examples: RowExamples | None = None,
     ) -> list[EncodedRow | LabelTooLongError]:
         """Encode rows; a label section that leaves no room for the context is reported for its row."""
         shared = format_examples(examples)

@@ -37,6 +37,12 @@ MIN_TEXT_TOKENS = 16
 TEXT_SHARE = 4
 
 
+# Few-shot examples: ``{"text": ..., "labels": [...]}`` mappings; per row, one list (or None) per row.
+Example = Mapping[str, Any]
+Examples = Sequence[Example]
+RowExamples = Sequence[Examples | None]
+
+
 class LabelTooLongError(ValueError):
     """A single label does not fit the model window together with any text."""
 
@@ -156,12 +162,8 @@ class InputBuilder:
 
     # -- rows ----------------------------------------------------------------------------------
     def encode(
-        self,
-        texts: Sequence[str],
-        labels: Sequence[Sequence[str]],
-        prompt: str | None = None,
-        examples: Sequence[Mapping[str, Any]] | None = None,
-        row_examples: Sequence[Sequence[Mapping[str, Any]] | None] | None = None,
+        self, texts: Sequence[str], labels: Sequence[Sequence[str]], prompt: str | None = None,
+        examples: Examples | None = None, row_examples: RowExamples | None = None,
     ) -> list[EncodedRow | LabelTooLongError]:
         """Encode rows (texts already validated as strings; label lists already cleaned and non-empty).
 

@@ -7,8 +7,9 @@ The names below load on first use: importing this package imports neither Ray no
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from gliclass_dist.lazy import lazy_exports
 
 _EXPORTS = {
     "classify_dataset": "gliclass_dist.ray.dataset",
@@ -24,15 +25,7 @@ if TYPE_CHECKING:
     from gliclass_dist.ray.predictor import GLiClassPredictor
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'gliclass_dist.ray' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = ["GLiClassPredictor", "classify_dataset", "filter_dataset", "run_job"]

@@ -17,11 +17,11 @@ dropped unless ``keep_unscored=True``; with ``action="drop"`` they stay.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Unpack
 
 import pyarrow as pa
 
-from gliclass_dist.filtering import Action, FilterRule, Require
+from gliclass_dist.filtering import FilterOptions, FilterRule
 from gliclass_dist.labels import LabelSpec
 from gliclass_dist.schema import RESULT_COLUMNS
 from gliclass_dist.spark.udf import (
@@ -41,17 +41,13 @@ if TYPE_CHECKING:
 def filter_classified(
     df: DataFrame,
     labels: Sequence[str] | Mapping[str, float],
-    *,
-    threshold: float = 0.5,
-    require: Require = "any",
-    action: Action = "keep",
-    keep_unscored: bool = False,
+    **options: Unpack[FilterOptions],
 ) -> DataFrame:
     """Rows of an already classified DataFrame (with a ``scores`` column) that pass (or, ``action="drop"``,
     fail) the label thresholds; same columns."""
     if "scores" not in df.columns:
         raise KeyError(f"filter_classified needs a classified DataFrame with a 'scores' column (got {df.columns})")
-    rule = FilterRule.of(labels, threshold=threshold, require=require, action=action, keep_unscored=keep_unscored)
+    rule = FilterRule.of(labels, **options)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -66,23 +62,21 @@ def filter_dataframe(
     label_spec: LabelSpec | Sequence[str],
     labels: Sequence[str] | Mapping[str, float],
     *,
-    threshold: float = 0.5,
-    require: Require = "any",
-    action: Action = "keep",
-    keep_unscored: bool = False,
     text_column: str = "text",
     keep: Sequence[str] | None = None,
     batch_rows: int | None = None,
     profile: ResourceProfile | None = None,
+    **options: Unpack[FilterOptions],
 ) -> DataFrame:
     """Classify ``df`` against ``label_spec`` and keep (or drop) the rows passing ``labels``' thresholds, in one
     ``mapInArrow`` stage. Output: the ``keep`` columns (default: every input column that does not clash with
-    a result column) and the result columns."""
+    a result column) and the result columns. ``options``: ``threshold``, ``require``, ``action``,
+    ``keep_unscored`` (``gliclass_dist.filtering.FilterOptions``)."""
     if keep is None:
         keep = [c for c in df.columns if c not in RESULT_COLUMNS]
     config = make_config(model, label_spec, text_column=text_column, keep=keep, batch_rows=batch_rows)
     check_columns(df, config)
-    rule = FilterRule.of(labels, threshold=threshold, require=require, action=action, keep_unscored=keep_unscored)
+    rule = FilterRule.of(labels, **options)
     target = arrow_output_schema(df.schema, config.keep)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
