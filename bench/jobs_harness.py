@@ -200,30 +200,33 @@ def run_engine_alone(input_path: Path, out_path: Path, model: Path, labels, batc
     return result
 
 
-def run_ray_job(spec: dict[str, Any], workdir: Path, timeout: float, threads: int) -> dict[str, Any]:
+def run_job_script(engine: str, spec: dict[str, Any], workdir: Path, timeout: float, env: dict[str, str],
+                   children: tuple[str, ...], extra_args: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run ``jobs/{engine}_classify.py`` on ``spec`` in a child process; its measurements plus the job's summary
+    (without the per-task list)."""
     import yaml
 
-    spec_path = workdir / "ray_spec.yaml"
+    spec_path = workdir / f"{engine}_spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
-    summary = workdir / "ray_summary.json"
+    summary = workdir / f"{engine}_summary.json"
+    cmd = [PYTHON, str(ROOT / "jobs" / f"{engine}_classify.py"), "--spec", str(spec_path),
+           "--summary-json", str(summary), "--no-count", *extra_args]
+    result = run_process(cmd, env, children, timeout, workdir / f"{engine}.log")
+    if summary.exists():
+        result.update({k: v for k, v in json.loads(summary.read_text()).items() if k != "tasks"})
+    return result
+
+
+def run_ray_job(spec: dict[str, Any], workdir: Path, timeout: float, threads: int) -> dict[str, Any]:
     env = base_env(threads)
     env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray_", dir="/tmp")
     env["RAY_DEDUP_LOGS"] = "0"
     env["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"
     env.pop("RAY_ADDRESS", None)
-    cmd = [PYTHON, str(ROOT / "jobs" / "ray_classify.py"), "--spec", str(spec_path), "--summary-json", str(summary), "--no-count"]
-    result = run_process(cmd, env, ("ray::",), timeout, workdir / "ray.log")
-    if summary.exists():
-        result.update(json.loads(summary.read_text()))
-    return result
+    return run_job_script("ray", spec, workdir, timeout, env, ("ray::",))
 
 
 def run_spark_job(spec: dict[str, Any], workdir: Path, timeout: float, threads: int) -> dict[str, Any]:
-    import yaml
-
-    spec_path = workdir / "spark_spec.yaml"
-    spec_path.write_text(yaml.safe_dump(spec))
-    summary = workdir / "spark_summary.json"
     env = base_env(threads)
     env.update(
         {
@@ -233,9 +236,4 @@ def run_spark_job(spec: dict[str, Any], workdir: Path, timeout: float, threads: 
             "PYSPARK_SUBMIT_ARGS": f"--master local[*] --driver-memory 2g --conf spark.local.dir={workdir} pyspark-shell",
         }
     )
-    cmd = [PYTHON, str(ROOT / "jobs" / "spark_classify.py"), "--spec", str(spec_path), "--summary-json", str(summary),
-           "--no-count", "--no-ship-model"]
-    result = run_process(cmd, env, ("pyspark", "daemon", "worker"), timeout, workdir / "spark.log")
-    if summary.exists():
-        result.update({k: v for k, v in json.loads(summary.read_text()).items() if k != "tasks"})
-    return result
+    return run_job_script("spark", spec, workdir, timeout, env, ("pyspark", "daemon", "worker"), ("--no-ship-model",))

@@ -8,6 +8,7 @@ same process. Unknown keys are kept as attributes (and written back on save).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -83,6 +84,15 @@ def build_encoder_config(encoder_config: Any) -> PretrainedConfig:
         )
     data["model_type"] = model_type
     return CONFIG_MAPPING[model_type](**data)
+
+
+def check_choice(field: str, value: Any, known: Sequence[str], supported: Sequence[str], unsupported: str) -> None:
+    """``ValueError`` when ``value`` is none of the reference's ``known`` values; ``NotImplementedError`` saying
+    ``unsupported`` when it is known but not in ``supported`` here."""
+    if value not in known:
+        raise ValueError(f"unknown {field} {value!r} (known: {', '.join(known)})")
+    if value not in supported:
+        raise NotImplementedError(f"{field} {value!r} {unsupported}")
 
 
 class GLiClassConfig(PretrainedConfig):
@@ -201,13 +211,10 @@ class GLiClassConfig(PretrainedConfig):
 
     def check_supported(self) -> None:
         """Fail fast, with a message that says what is wrong, on settings this implementation lacks."""
-        if self.architecture_type not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture_type {self.architecture_type!r} (known: {', '.join(ARCHITECTURES)})")
-        if self.architecture_type not in SUPPORTED_ARCHITECTURES:
-            raise NotImplementedError(
-                f"architecture_type {self.architecture_type!r} is not supported yet "
-                f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
-            )
+        check_choice(
+            "architecture_type", self.architecture_type, ARCHITECTURES, SUPPORTED_ARCHITECTURES,
+            f"is not supported yet (supported: {', '.join(SUPPORTED_ARCHITECTURES)})",
+        )
         if self.architecture_type != "decoder-kv":
             self.check_heads()
         if self.multimodal:
@@ -221,13 +228,10 @@ class GLiClassConfig(PretrainedConfig):
 
     def check_heads(self) -> None:
         """The scorer, pooling and layer options of the encoder architectures (uni- and bi-encoders)."""
-        if self.scorer_type not in SCORERS:
-            raise ValueError(f"unknown scorer_type {self.scorer_type!r} (known: {', '.join(SCORERS)})")
-        if self.scorer_type not in SUPPORTED_SCORERS:
-            raise NotImplementedError(
-                f"scorer_type {self.scorer_type!r} needs architecture_type 'decoder-kv' "
-                f"(with {self.architecture_type!r}: {', '.join(SUPPORTED_SCORERS)})"
-            )
+        check_choice(
+            "scorer_type", self.scorer_type, SCORERS, SUPPORTED_SCORERS,
+            f"needs architecture_type 'decoder-kv' (with {self.architecture_type!r}: {', '.join(SUPPORTED_SCORERS)})",
+        )
         if self.pooling_strategy not in POOLING_STRATEGIES:
             raise NotImplementedError(
                 f"pooling_strategy {self.pooling_strategy!r} is not supported (supported: {', '.join(POOLING_STRATEGIES)})"

@@ -39,7 +39,13 @@ from gliclass_dist.model.modeling import GLiClassModel
 from gliclass_dist.train.data import Batch, TrainRecord, make_batch
 from gliclass_dist.train.label_sampling import LabelSampler
 from gliclass_dist.train.metrics import evaluate
-from gliclass_dist.train.supervised import build_optimizer, save_run, seed_everything
+from gliclass_dist.train.supervised import (
+    RunSettings,
+    TrainResult,
+    build_optimizer,
+    save_run,
+    seed_everything,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +53,10 @@ RewardFn = Callable[[TrainRecord, list[str]], float]
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(RunSettings):
     """Settings of a PPO run."""
 
     steps: int = 50  # outer iterations: sample a batch, then ``inner_iters`` updates on it
-    batch_size: int = 8
     samples_per_item: int = 4
     inner_iters: int = 4
     clip: float = 0.2
@@ -62,27 +67,15 @@ class PPOConfig:
     encoder_lr: float = 1e-5
     head_lr: float = 1e-4
     weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    max_length: int | None = 256
-    freeze_encoder: bool = False
-    seed: int = 0
     eval_every: int = 10  # outer steps; 0 = only at the end
     eval_mode: str = "multi-label"
-    threshold: float = 0.5
-    device: str = "cpu"
-    progress: bool = True
 
 
 @dataclass
-class PPOResult:
-    """Mean reward per step, evaluations along the way, and where the model was saved."""
+class PPOResult(TrainResult):
+    """Mean reward per step (``history``), evaluations along the way, and where the model was saved."""
 
-    history: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
-    final_eval: dict[str, Any] | None = None
-    steps: int = 0
-    seconds: float = 0.0
-    out_dir: str | None = None
 
 
 def f1_reward(record: TrainRecord, predicted: list[str]) -> float:

@@ -37,31 +37,37 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class SupervisedConfig:
+class RunSettings:
+    """Settings every training run has (supervised and PPO)."""
+
+    batch_size: int = 8
+    max_grad_norm: float = 1.0
+    max_length: int | None = 256
+    freeze_encoder: bool = False
+    seed: int = 0
+    threshold: float = 0.5
+    device: str = "cpu"
+    progress: bool = True
+
+
+@dataclass
+class SupervisedConfig(RunSettings):
     """Settings of a supervised run (defaults: the few-shot recipe described in bench/README.md)."""
 
     epochs: int = 10
     min_steps: int = 0  # few-shot: repeat the data until at least this many optimizer steps
     max_steps: int | None = None
-    batch_size: int = 8
     grad_accum: int = 1
     encoder_lr: float = 3e-5
     head_lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
     loss: str = "focal"  # focal | bce | ce
     focal_alpha: float = 0.5
     focal_gamma: float = 2.0
-    max_length: int | None = 256
     shuffle_labels: bool = True
-    freeze_encoder: bool = False
-    seed: int = 0
     eval_every: int = 1  # epochs; 0 = only after the last epoch
     eval_mode: str = "auto"
-    threshold: float = 0.5
-    device: str = "cpu"
-    progress: bool = True
 
 
 @dataclass
