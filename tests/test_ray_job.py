@@ -274,16 +274,20 @@ def test_model_stage_gets_blocks_of_block_rows(ray_local, tiny_model: Path, tmp_
 
     rows = make_rows(300, bad=False).drop_columns(["row_labels"])
     cases = [
-        ({"block_rows": 100}, [100, 100, 100], True),
-        ({}, [160, 140], True),  # 8 batches of 20
-        ({"block_rows": 100, "tokenize_stage": False}, [100, 100, 100], False),
+        ({"block_rows": 100}, None, [100, 100, 100], True),
+        ({}, None, [160, 140], True),  # 8 batches of 20
+        ({"block_rows": 100, "tokenize_stage": False}, None, [100, 100, 100], False),
+        # known size: two blocks per actor at least (ceil(300 / 4) = 75 -> 4 batches of 20), so none idles
+        ({"max_actors": 2}, 300, [80, 80, 80, 60], True),
+        ({"max_actors": 2, "block_rows": 100}, 300, [100, 100, 100], True),  # given: kept
     ]
-    for resources, expected, fused in cases:
+    for resources, num_rows, expected, fused in cases:
         spec = job_spec(
             tiny_model, {"format": "parquet", "path": str(tmp_path)}, {"format": "parquet", "path": str(tmp_path / "o")},
             resources={"batch_rows": 20, **resources},
         )
-        out = classify_dataset(ray.data.from_arrow(rows), spec, model_path=tiny_model).materialize()
+        ds = ray.data.from_arrow(rows)
+        out = classify_dataset(ds, spec, model_path=tiny_model, num_rows=num_rows).materialize()
         sizes = sorted((m.num_rows for b in out.iter_internal_ref_bundles() for m in b.metadata), reverse=True)
         assert sizes == expected, resources
         assert out.count() == 300

@@ -66,9 +66,18 @@ def stage_env(threads: float) -> dict[str, str]:
     return env
 
 
-def block_rows(resources: ResourceSpec) -> int:
-    """Rows per Ray Data block reaching the model stage: ``resources.block_rows``, else ``BLOCK_BATCHES`` batches."""
-    return resources.block_rows or BLOCK_BATCHES * resources.batch_rows
+def block_rows(resources: ResourceSpec, num_rows: int | None = None) -> int:
+    """Rows per Ray Data block reaching the model stage: ``resources.block_rows``, else ``BLOCK_BATCHES`` batches,
+    fewer when ``num_rows`` (the input's rows, when known) would leave an actor of the pool without two blocks:
+    actors receive whole blocks, so a 3,000-row input in 2,048-row blocks kept one of two actors busy alone."""
+    if resources.block_rows:
+        return resources.block_rows
+    batch = resources.batch_rows
+    rows = BLOCK_BATCHES * batch
+    if num_rows:
+        per_block = -(-num_rows // (2 * resources.max_actors))  # two blocks per actor, rounded up
+        rows = min(rows, max(batch, -(-per_block // batch) * batch))
+    return rows
 
 
 def check_fits_cluster(resources: ResourceSpec) -> None:
@@ -107,6 +116,7 @@ def classify_dataset(
     keep: Sequence[str] = (),
     resources: ResourceSpec | dict[str, Any] | None = None,
     model_path: str | os.PathLike[str] | None = None,
+    num_rows: int | None = None,
     **engine: Any,
 ) -> ray.data.Dataset:
     """``ds`` classified: the ``keep`` columns, then the result columns (``gliclass_dist.schema``), lazily.
@@ -117,7 +127,8 @@ def classify_dataset(
     job spec's ``resources`` section (``batch_rows``, ``min_actors``/``max_actors``, ``cpus_per_actor``,
     ``gpus_per_actor``, ``tokenize_stage``, ``block_rows``); its ``token_budget``/``result_cache_rows`` are
     ignored here (they are engine settings). ``model_path``: the checkpoint folder already resolved on the
-    driver. Bad arguments raise ``ValueError`` (``KeyError`` for a missing column) before anything runs.
+    driver. ``num_rows``: the rows of ``ds`` when known (sizes the blocks so that every actor gets work; see
+    ``block_rows``). Bad arguments raise ``ValueError`` (``KeyError`` for a missing column) before anything runs.
 
     The model actors get ``stage_env`` as their runtime env; the tokenize tasks get none (one would keep Ray
     Data from fusing the block cut into them), so they run in the environment ``ray.init`` gave the job
@@ -167,7 +178,7 @@ def classify_dataset(
         )
     # Blocks of block_rows rows (cut inside the tokenize tasks, no stage of its own): a large input block
     # would otherwise go to a single actor whole, leaving the rest of the pool idle.
-    ds = model_blocks(ds, block_rows(res))
+    ds = model_blocks(ds, block_rows(res, num_rows))
     return ds.map_batches(
         GLiClassPredictor,
         batch_format="pyarrow",

@@ -63,11 +63,14 @@ def job_env() -> dict[str, str]:
     return {k: v for k, v in stage_env(1).items() if k not in submitted}
 
 
-def classify_dataset(ds: Any, spec: JobSpec, *, model_path: str | os.PathLike[str] | None = None) -> Any:
+def classify_dataset(
+    ds: Any, spec: JobSpec, *, model_path: str | os.PathLike[str] | None = None, num_rows: int | None = None
+) -> Any:
     """``ds`` (rows with the spec's text/kept/label columns) -> rows in the output schema: the stages of
     ``gliclass_dist.ray.classify_dataset`` with the spec's engine settings, labels and resources.
 
-    ``model_path`` is the checkpoint folder resolved on the driver (resolved there when not given).
+    ``model_path`` is the checkpoint folder resolved on the driver (resolved there when not given); ``num_rows``
+    the rows of ``ds`` when known (block sizing).
     """
     return classify_stages(
         ds,
@@ -77,6 +80,7 @@ def classify_dataset(ds: Any, spec: JobSpec, *, model_path: str | os.PathLike[st
         keep=spec.keep_columns,
         resources=spec.resources,
         model_path=model_path,
+        num_rows=num_rows,
     )
 
 
@@ -133,7 +137,7 @@ def run_job(spec: JobSpec, *, ray_address: str | None = None, count_input: bool 
         extra_metadata=plan.commit_metadata(summary.model, spec.name),
     )
     classify_started = time.perf_counter()
-    classify_dataset(ds, spec, model_path=model_path).write_datasink(sink)
+    classify_dataset(ds, spec, model_path=model_path, num_rows=rows_in).write_datasink(sink)
     seconds = time.perf_counter() - classify_started
     if sink.result is None:  # Ray returned without calling on_write_complete: nothing was committed
         raise RuntimeError(f"the write to {summary.sink!r} ended without a commit")
