@@ -203,14 +203,14 @@ def run_engine_alone(input_path: Path, out_path: Path, model: Path, labels, batc
 def run_job_script(engine: str, spec: dict[str, Any], workdir: Path, timeout: float, env: dict[str, str],
                    children: tuple[str, ...], extra_args: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run ``jobs/{engine}_classify.py`` on ``spec`` in a child process; its measurements plus the job's summary
-    (without the per-task list)."""
+    (without the per-task list). ``extra_args`` go to the script (e.g. ``--no-count``)."""
     import yaml
 
     spec_path = workdir / f"{engine}_spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
     summary = workdir / f"{engine}_summary.json"
     cmd = [PYTHON, str(ROOT / "jobs" / f"{engine}_classify.py"), "--spec", str(spec_path),
-           "--summary-json", str(summary), "--no-count", *extra_args]
+           "--summary-json", str(summary), *extra_args]
     result = run_process(cmd, env, children, timeout, workdir / f"{engine}.log")
     if summary.exists():
         result.update({k: v for k, v in json.loads(summary.read_text()).items() if k != "tasks"})
@@ -223,6 +223,7 @@ def run_ray_job(spec: dict[str, Any], workdir: Path, timeout: float, threads: in
     env["RAY_DEDUP_LOGS"] = "0"
     env["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"
     env.pop("RAY_ADDRESS", None)
+    # the job's default: it counts its input first (metadata only for Parquet), which also sizes its blocks
     return run_job_script("ray", spec, workdir, timeout, env, ("ray::",))
 
 
@@ -236,4 +237,5 @@ def run_spark_job(spec: dict[str, Any], workdir: Path, timeout: float, threads: 
             "PYSPARK_SUBMIT_ARGS": f"--master local[*] --driver-memory 2g --conf spark.local.dir={workdir} pyspark-shell",
         }
     )
-    return run_job_script("spark", spec, workdir, timeout, env, ("pyspark", "daemon", "worker"), ("--no-ship-model",))
+    return run_job_script("spark", spec, workdir, timeout, env, ("pyspark", "daemon", "worker"),
+                          ("--no-count", "--no-ship-model"))
