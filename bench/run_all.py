@@ -1,4 +1,4 @@
-"""Every CPU benchmark, end to end, sized to finish in under 20 minutes on a 2-core machine (``make bench``).
+"""Every CPU benchmark, end to end, at reduced sizes (``make bench``; each step has its own time limit).
 
 Runs each step as its own process (one crash does not stop the others), in this order:
 
@@ -9,7 +9,9 @@ Runs each step as its own process (one crash does not stop the others), in this 
 5. ``scale.py``: the Ray and Spark jobs at two input sizes, rows/s and peak memory (reduced sizes here;
    the issue's 100k / 1M rows: ``python bench/scale.py --rows 100000 1000000``);
 6. ``dedup.py``: rows/s when half the rows repeat earlier ones (in-batch de-duplication, result cache);
-7. ``fewshot_bbc.py --quick`` and ``serve_load.py`` (owned by other helpers), when present.
+7. ``bi_encoder.py``: a bi-encoder at 128 labels vs plain embeddings and the uni-encoder;
+8. ``calibration.py`` (``--full`` only, with the demo model): ECE and macro-F1 before/after calibration;
+9. ``fewshot_bbc.py --quick`` and ``serve_load.py``, when present.
 
 Each writes its JSON (+ PNG) into ``bench/results/``; this script writes ``run_all.json`` with every
 step's exit code and duration. ``--only``/``--skip`` pick steps; ``--full`` runs the issue's sizes.
@@ -40,7 +42,7 @@ def steps(full: bool) -> list[tuple[str, list[str], float]]:
          + ([] if full else ["--rounds", "1", "--min-texts", "16", "--min-pairs", "32"]), 1200),
         ("efficiency", [py, "bench/efficiency.py", "--target-s", "4" if full else "2.5"], 400),
         ("cpu_fastpath", [py, "bench/cpu_fastpath.py", "--target-s", "3" if full else "1.5",
-                          "--f1-articles", "40" if full else "20"], 600),
+                          "--f1-articles", "40" if full else "20"], 1200),
         ("distributed", [py, "bench/distributed.py", "--rows", "3000" if full else "1000"]
          + ([] if full else ["--ray-configs", "2 actors x 0.5 CPU"]), 900),
         ("scale", [py, "bench/scale.py", "--rows", *(["100000", "1000000"] if full else ["10000", "50000"])],
@@ -49,6 +51,11 @@ def steps(full: bool) -> list[tuple[str, list[str], float]]:
     # no repeated work: half the rows repeat earlier ones; the engine (interleaved), and with --full the Ray job
     out.append(("dedup", [py, "bench/dedup.py", "--rows", "1000" if full else "400", "--rounds", "2"]
                 + (["--ray"] if full else []), 1800 if full else 600))
+    # bi-encoder cost at 128 labels (random-weight MiniLM shapes); calibration needs the demo model (make model)
+    out.append(("bi_encoder", [py, "-m", "bench.bi_encoder"] + ([] if full else ["--texts", "128", "--uni-texts", "16",
+                                                                          "--rounds", "2"]), 900))
+    if full and (ROOT / "models" / "gliclass-minilm-bbc" / "model.safetensors").exists():
+        out.append(("calibration", [py, "bench/calibration.py"], 1800))
     if (BENCH / "fewshot_bbc.py").exists():
         out.append(("fewshot_bbc", [py, "bench/fewshot_bbc.py"] + ([] if full else ["--quick"]), 1800))
     if (BENCH / "serve_load.py").exists():
