@@ -125,7 +125,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
     parser.add_argument("--max-length", type=int, default=None, help="model window in tokens (default: the model's)")
     parser.add_argument("--token-budget", type=int, default=None,
                         help="padded tokens per forward pass (default: 2048 on CPU, 16384 on GPU)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's; serve: the replica's CPUs)")
     parser.add_argument("--allow-pickle", action="store_true", help="allow loading pytorch_model.bin (weights_only)")
 
 
