@@ -1,10 +1,14 @@
-"""``gliclass-dist classify``: classify a Parquet / CSV / JSONL file into a Parquet file, in-process.
+"""gliclass-dist classify: score every row of a Parquet / CSV / JSONL file against a label set, in-process.
 
-The output appears whole or not at all: rows go to a temporary file with a unique name beside the
-output, which replaces the output in one rename once it is complete and is removed on any error,
-Ctrl-C (SIGINT) or SIGTERM. The input is never overwritten. A problem the user can fix (a path, an
-encoding, a column, a label set, a checkpoint) ends the run with one ``error: ...`` line on stderr and
-exit status 2, found before the model is loaded wherever it can be.
+Writes the output schema (id/passthrough columns, labels, scores, top_label, top_score, status, model,
+label_set) to OUTPUT, a Parquet file. OUTPUT appears whole or not at all: rows go to a temporary file with
+a unique name beside it, which replaces OUTPUT in one rename once it is complete and is removed on any
+error, Ctrl-C (SIGINT) or SIGTERM; the input is never overwritten. A problem the user can fix (a path, an
+encoding, a column, a label set, a checkpoint) ends the run with one "error: ..." line on stderr and exit
+status 2, found before the model is loaded wherever it can be.
+
+Example:
+    gliclass-dist classify --model models/gliclass-minilm-bbc --labels business,sport,tech --input news.parquet --output topics.parquet
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import yaml
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from gliclass_dist.cli import add_command
 from gliclass_dist.labels import LabelSpec
 from gliclass_dist.schema import output_schema
 from gliclass_dist.settings import EngineSettings, add_engine_arguments
@@ -71,17 +76,7 @@ def encoding_name(text: str) -> str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "classify",
-        help="classify a file of texts (parquet, csv or jsonl) into a parquet file",
-        description=(
-            "Score every row of INPUT against a label set and write the output schema "
-            "(id/passthrough columns, labels, scores, top_label, top_score, status, model, label_set) to OUTPUT. "
-            "OUTPUT appears whole or not at all, and is never the input. "
-            "Example: gliclass-dist classify --model models/gliclass-minilm-bbc --labels business,sport,tech "
-            "--input news.parquet --output topics.parquet"
-        ),
-    )
+    p = add_command(subparsers, "classify", __doc__)
     p.add_argument("--model", required=True, help="checkpoint folder, or a hub id (needs hub access)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--labels", help="comma-separated labels shared by every row, e.g. 'billing,delivery,praise'")

@@ -35,7 +35,7 @@ SUMMARIES = {
     "train": "fine-tune a GLiClass model (few-shot supervised, or PPO from partial labels)",
     "calibrate": "fit post-hoc score calibration on a few labelled rows and save it beside the model",
     "suggest-thresholds": "per-label thresholds from a few labelled rows, written into a label-set file for jobs",
-    "serve": "serve a model over HTTP with Ray Serve",
+    "serve": "serve a model over HTTP with Ray Serve (dynamic batching, limits, optional auth)",
     "estimate": "measure a job's rate on a sample here and project its core-hours (and GPU-hours)",
 }
 
@@ -46,6 +46,13 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def add_command(subparsers: argparse._SubParsersAction, name: str, description: str) -> argparse.ArgumentParser:
+    """Register subcommand ``name``: its one-line help is ``SUMMARIES[name]``; ``description`` heads its
+    ``--help``, rewrapped when it is one paragraph, laid out as written (a module docstring) otherwise."""
+    formatter = argparse.RawDescriptionHelpFormatter if "\n" in description else argparse.HelpFormatter
+    return subparsers.add_parser(name, help=SUMMARIES[name], description=description, formatter_class=formatter)
 
 
 def build_parser(commands: Iterable[str] = tuple(SUBCOMMANDS)) -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""``gliclass-dist estimate``: what a job will cost, measured on a sample before it runs.
+"""gliclass-dist estimate: what a job will cost, measured on a sample before it runs.
 
     gliclass-dist estimate --spec job.yaml --sample 2000 [--threads 1] [--json]
 
@@ -253,11 +253,9 @@ def positive_int(value: str) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "estimate",
-        help="measure a job's rate on a sample here and project its core-hours (and GPU-hours)",
-        description=__doc__.split("\n\n")[0] + " " + " ".join(__doc__.split("\n\n")[2].split()),
-    )
+    from gliclass_dist.cli import add_command
+
+    p = add_command(subparsers, "estimate", __doc__)
     p.add_argument("--spec", required=True, help="the job spec (YAML) to estimate")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec value")
     p.add_argument("--sample", type=positive_int, default=2000, help="rows to classify here (default 2000)")

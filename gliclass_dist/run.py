@@ -23,6 +23,7 @@ names are a contract.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -231,6 +232,29 @@ def format_summary(summary: RunSummary | Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------- command lines
 
 
+def job_parser(
+    description: str,
+    *,
+    prog: str | None = None,
+    spec_help: str = "job spec YAML",
+    set_example: str = "resources.batch_rows=512",
+    raw_description: bool = False,
+) -> argparse.ArgumentParser:
+    """The parser every job command starts from: ``--spec``, ``--set KEY=VALUE`` (repeatable),
+    ``--summary-json PATH`` and ``-v``; each command adds its own options."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter if raw_description else argparse.HelpFormatter,
+    )
+    parser.add_argument("--spec", required=True, help=spec_help)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a spec value, e.g. --set {set_example} (repeatable)")
+    parser.add_argument("--summary-json", help="also write the summary as JSON to this file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+    return parser
+
+
 def load_job_spec(path: str, overrides: Sequence[str] = (), *, verbose: bool = False) -> JobSpec | None:
     """The start of a job's command line: set up logging, load the spec (``--set`` overrides) and log it.
 
@@ -262,6 +286,7 @@ __all__ = [
     "RunSummary",
     "format_summary",
     "input_columns",
+    "job_parser",
     "load_job_spec",
     "merge_counts",
     "model_display_name",

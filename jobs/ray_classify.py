@@ -22,14 +22,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--spec", required=True, help="job spec YAML")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a spec value, e.g. --set resources.max_actors=4 (repeatable)")
-    parser.add_argument("--summary-json", help="also write the summary as JSON to this file")
+    from gliclass_dist.run import job_parser
+
+    parser = job_parser(__doc__, set_example="resources.max_actors=4", raw_description=True)
     parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a new local Ray)")
     parser.add_argument("--no-count", action="store_true", help="skip the separate count of input rows")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
     return parser.parse_args(argv)
 
 

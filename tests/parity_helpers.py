@@ -33,20 +33,26 @@ def _tokenizer(backbone: str):
     return _TOKENIZERS[backbone]
 
 
-def build_reference_checkpoint(path: Path, backbone: str, **options) -> Path:
-    """A random-weight model built and saved by the reference package."""
-    tok = _tokenizer(backbone)
-    vocab = tok.get_vocab()
-    config = gliclass.GLiClassModelConfig(
-        encoder_config=tiny_encoder_config(backbone, len(tok)),
+def reference_config(tokenizer, encoder_config: dict, encoder_model: str, **options) -> gliclass.GLiClassModelConfig:
+    """The reference's config over ``encoder_config``, with the marker tokens of one of our tiny tokenizers
+    (``<<LABEL>>``, ``<<SEP>>``, ``<<EXAMPLE>>``) and a wide initialisation, so that random scores vary."""
+    vocab = tokenizer.get_vocab()
+    return gliclass.GLiClassModelConfig(
+        encoder_config=encoder_config,
         class_token_index=vocab["<<LABEL>>"],
         text_token_index=vocab["<<SEP>>"],
         example_token_index=vocab["<<EXAMPLE>>"],
-        vocab_size=len(tok),
+        vocab_size=len(tokenizer),
         initializer_range=0.2,
-        encoder_model="tiny-encoder",
+        encoder_model=encoder_model,
         **options,
     )
+
+
+def build_reference_checkpoint(path: Path, backbone: str, **options) -> Path:
+    """A random-weight model built and saved by the reference package."""
+    tok = _tokenizer(backbone)
+    config = reference_config(tok, tiny_encoder_config(backbone, len(tok)), "tiny-encoder", **options)
     torch.manual_seed(0)
     model = follow_intended_math(gliclass.GLiClassModel(config))
     # give every parameter a spread so that scorers are far from constant

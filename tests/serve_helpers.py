@@ -1,11 +1,14 @@
-"""What the Serve test modules share: small request limits, a free local port, a running application."""
+"""What the Serve test modules share: small request limits, a free local port, a running application, and
+result rows compared as the output schema means them."""
 
 from __future__ import annotations
 
 import contextlib
-import socket
 from collections.abc import Iterator
 from typing import Any
+
+import pytest
+from cluster_helpers import free_port
 
 # Limits small enough that tests can cross each one with a few short strings.
 SERVE_LIMITS: dict[str, Any] = {
@@ -17,13 +20,6 @@ SERVE_LIMITS: dict[str, Any] = {
     "num_cpus": 1,
     "torch_threads": 1,
 }
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -40,3 +36,18 @@ def running_app(args: dict[str, Any], name: str, port: int | None = None) -> Ite
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
+
+
+def assert_results_match(got: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
+    """Result rows equal as the output schema means it: same statuses, labels and names; scores within 1e-5."""
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        for key in ("labels", "top_label", "status", "model", "label_set"):
+            assert g[key] == e[key], (key, g, e)
+        assert [s["label"] for s in g["scores"]] == [s["label"] for s in e["scores"]]
+        for gs, es in zip(g["scores"], e["scores"]):
+            assert gs["score"] == pytest.approx(es["score"], abs=1e-5)
+        if e["top_score"] is None:
+            assert g["top_score"] is None
+        else:
+            assert g["top_score"] == pytest.approx(e["top_score"], abs=1e-5)

@@ -12,12 +12,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,15 +50,9 @@ if str(DAGS_DIR) not in sys.path:
 
 import pyarrow as pa  # noqa: E402
 from airflow.sdk import TriggerRule  # noqa: E402
+from cluster_helpers import RayHead  # noqa: E402
 from deltalake import DeltaTable, write_deltalake  # noqa: E402
 from gliclass_airflow import checks, jobspec, ray_jobs  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 # --------------------------------------------------------------------------- DAG parsing
 
@@ -211,60 +202,11 @@ class LiveStack:
     checkpoint: Path  # a tiny real GLiClass checkpoint
 
 
-def _wait_for_dashboard(proc: subprocess.Popen, address: str, log_path: Path, timeout_s: float = 180) -> None:
-    from ray.job_submission import JobSubmissionClient
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited: {log_path.read_text()[-3000:]}")
-        try:
-            JobSubmissionClient(address).list_jobs()
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(2)
-
-
-def _stop_ray_head(proc: subprocess.Popen, temp_dir: str) -> None:
-    """End the head's process group, then any process of it left under its unique temp dir, by PID."""
-    import psutil
-
-    for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=wait_s)
-            break
-        except ProcessLookupError:
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if p.info["cmdline"] and any(temp_dir in part for part in p.info["cmdline"]):
-                p.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-
-
 @pytest.fixture(scope="module")
 def live_stack(tmp_path_factory: pytest.TempPathFactory):
     """A real Ray head (``ray start --head --block`` from the main venv, on 127.0.0.1), a tiny checkpoint
     built by the main venv (the Airflow venv has no torch) and a migrated Airflow DB, started side by side."""
-    temp_dir = tempfile.mkdtemp(prefix="rayaf-", dir="/tmp")
-    port, dash_port = _free_port(), _free_port()
-    cmd = [
-        str(MAIN_PYTHON.parent / "ray"), "start", "--head", "--block",
-        f"--port={port}", "--node-ip-address=127.0.0.1",
-        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}", "--include-dashboard=true",
-        "--num-cpus=2", "--num-gpus=0", f"--temp-dir={temp_dir}", "--disable-usage-stats",
-    ]  # fmt: skip
-    log_path = Path(temp_dir) / "ray-start.log"
-    with open(log_path, "w") as log:
-        head = subprocess.Popen(
-            cmd, env={**os.environ, "RAY_TMPDIR": temp_dir}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    head = RayHead.start(MAIN_PYTHON.parent / "ray", Path(tempfile.mkdtemp(prefix="rayaf-", dir="/tmp")))
     try:
         checkpoint = tmp_path_factory.mktemp("tiny-bert")
         code = "import sys; from gliclass_dist.model.tiny import build_tiny_checkpoint; build_tiny_checkpoint(sys.argv[1])"
@@ -276,11 +218,10 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory):
         assert builder.wait(timeout=300) == 0, "building the tiny checkpoint failed"
         _, err = migrate.communicate(timeout=300)
         assert migrate.returncode == 0, f"airflow db migrate failed: {err[-2000:]}"
-        address = f"http://127.0.0.1:{dash_port}"
-        _wait_for_dashboard(head, address, log_path)
-        yield LiveStack(address, checkpoint)
+        head.wait_ready()
+        yield LiveStack(head.address, checkpoint)
     finally:
-        _stop_ray_head(head, temp_dir)
+        head.stop()
 
 
 def _texts(n: int, start: int = 0) -> pa.Table:

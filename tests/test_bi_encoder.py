@@ -18,7 +18,7 @@ import torch
 gliclass = pytest.importorskip("gliclass")
 
 from parity_helpers import LABELS as LABELS_5  # noqa: E402
-from parity_helpers import TEXTS, TOLERANCE, max_error, ours, spread  # noqa: E402
+from parity_helpers import TEXTS, TOLERANCE, max_error, ours, reference_config, spread  # noqa: E402
 
 from gliclass_dist.encode import EncodedBatch, encode_arrow  # noqa: E402
 from gliclass_dist.engine import Classifier  # noqa: E402
@@ -38,17 +38,12 @@ def build_reference_bi_encoder(path: Path, architecture: str, **options) -> Path
     label_tok = train_tokenizer("unigram", vocab_size=300)  # a different tokenizer: proves labels use their own
     label_dir = path.parent / f"{path.name}-label-model"
     label_tok.save_pretrained(str(label_dir))
-    vocab = text_tok.get_vocab()
-    config = gliclass.GLiClassModelConfig(
-        encoder_config=tiny_encoder_config("bert", len(text_tok)),
+    config = reference_config(
+        text_tok,
+        tiny_encoder_config("bert", len(text_tok)),
+        "tiny-encoder",
         label_model_config=tiny_encoder_config("bert", len(label_tok), hidden=24),
         label_model_name=str(label_dir),
-        class_token_index=vocab["<<LABEL>>"],
-        text_token_index=vocab["<<SEP>>"],
-        example_token_index=vocab["<<EXAMPLE>>"],
-        vocab_size=len(text_tok),
-        initializer_range=0.2,
-        encoder_model="tiny-encoder",
         architecture_type=architecture,
         **options,
     )

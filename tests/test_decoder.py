@@ -17,7 +17,7 @@ import torch
 gliclass = pytest.importorskip("gliclass")
 
 from parity_helpers import LABELS as LABELS_5  # noqa: E402
-from parity_helpers import TEXTS, TOLERANCE, max_error, spread  # noqa: E402
+from parity_helpers import TEXTS, TOLERANCE, max_error, reference_config, spread  # noqa: E402
 from transformers import Qwen2Config, Qwen3Config  # noqa: E402
 
 from gliclass_dist.engine import Classifier  # noqa: E402
@@ -40,32 +40,24 @@ def reference_scores(pipe, texts, labels, **call) -> list[dict[str, float]]:
     return [{p["label"]: p["score"] for p in pipe(text, labels, threshold=0.0, **call)[0]} for text in texts]
 
 
-def tiny_qwen2_config(vocab_size: int) -> dict:
-    return Qwen2Config(
+def tiny_decoder_config(config_class: type, vocab_size: int, hidden_size: int, **extra) -> dict:
+    """A 2-layer decoder backbone config (2 query heads, 1 key/value head), as a dict for GLiClass."""
+    return config_class(
         vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=1,
         max_position_embeddings=512,
         pad_token_id=0,
+        **extra,
     ).to_dict()
 
 
 def build_reference_qwen2_uni_encoder(path: Path, **options) -> Path:
     tok = train_tokenizer("wordpiece")
-    vocab = tok.get_vocab()
-    config = gliclass.GLiClassModelConfig(
-        encoder_config=tiny_qwen2_config(len(tok)),
-        class_token_index=vocab["<<LABEL>>"],
-        text_token_index=vocab["<<SEP>>"],
-        example_token_index=vocab["<<EXAMPLE>>"],
-        vocab_size=len(tok),
-        initializer_range=0.2,
-        encoder_model="tiny-qwen2",
-        **options,
-    )
+    config = reference_config(tok, tiny_decoder_config(Qwen2Config, len(tok), 32), "tiny-qwen2", **options)
     torch.manual_seed(0)
     model = gliclass.GLiClassModel(config).eval()
     with torch.no_grad():
@@ -96,27 +88,11 @@ def test_uni_encoder_over_qwen2_equals_reference(tmp_path, prompt_first, pooling
 def build_reference_decoder_kv(path: Path, **options) -> Path:
     """A tiny Qwen3 decoder-kv built and saved by the reference (hidden 64: its scorer encoder has hidden // 64 heads)."""
     tok = train_tokenizer("wordpiece")
-    vocab = tok.get_vocab()
-    backbone = Qwen3Config(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-        max_position_embeddings=512,
-        pad_token_id=0,
-    ).to_dict()
-    config = gliclass.GLiClassModelConfig(
-        encoder_config=backbone,
-        class_token_index=vocab["<<LABEL>>"],
-        text_token_index=vocab["<<SEP>>"],
-        example_token_index=vocab["<<EXAMPLE>>"],
-        sep_token_index=vocab["<<SEP>>"],
-        vocab_size=len(tok),
-        initializer_range=0.2,
-        encoder_model="tiny-qwen3",
+    config = reference_config(
+        tok,
+        tiny_decoder_config(Qwen3Config, len(tok), 64, head_dim=32),
+        "tiny-qwen3",
+        sep_token_index=tok.get_vocab()["<<SEP>>"],
         architecture_type="decoder-kv",
         scorer_mlp_hidden_size=64,
         **options,

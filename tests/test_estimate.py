@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from gliclass_dist.engine import Classifier
 from gliclass_dist.estimate import NO_GPU, estimate, input_row_count
@@ -113,12 +114,13 @@ def test_gpu_hours_from_measured_gpu_figures(tiny_model: Path, tmp_path: Path) -
 def test_cli_prints_text_and_json(tiny_model: Path, tmp_path: Path) -> None:
     pq.write_table(rows(30), tmp_path / "in.parquet")
     spec = tmp_path / "job.yaml"
-    spec.write_text(
-        f"input: {{format: parquet, path: {tmp_path / 'in.parquet'}}}\n"
-        f"labels: {{labels: {LABELS}}}\n"
-        f"model: {{ref: {tiny_model}, device: cpu}}\n"
-        f"sink: {{format: parquet, path: {tmp_path / 'out'}}}\n"
-    )
+    job = {
+        "input": {"format": "parquet", "path": str(tmp_path / "in.parquet")},
+        "labels": {"labels": LABELS},
+        "model": {"ref": str(tiny_model), "device": "cpu"},
+        "sink": {"format": "parquet", "path": str(tmp_path / "out")},
+    }
+    spec.write_text(yaml.safe_dump(job))
     cli = [sys.executable, "-m", "gliclass_dist.cli", "estimate", "--spec", str(spec), "--sample", "20",
            "--gpu-results", str(tmp_path / "absent.json")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -9,18 +9,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from cluster_helpers import RayHead
 
 from gliclass_dist.spec import JobSpec
 
@@ -47,12 +45,6 @@ def ray_tmp() -> Iterator[Path]:
 def input_rows(n: int) -> pa.Table:
     texts = ["shares fell after the earnings call", "the match ended with a late goal", "a new phone was released"]
     return pa.table({"id": pa.array(range(n), pa.int64()), "text": [f"{texts[i % 3]} ({i})" for i in range(n)]})
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_model_actors_run_on_the_gpu_node_and_fall_back_to_cpu(
@@ -106,64 +98,19 @@ def test_model_actors_run_on_the_gpu_node_and_fall_back_to_cpu(
 @pytest.fixture
 def ray_head(ray_tmp: Path) -> Iterator[str]:
     """``ray start --head --block`` (one node, dashboard on 127.0.0.1); stopped through its process group."""
-    dashboard = free_port()
     env = {
         **os.environ,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the job's `python` is this venv's
-        "RAY_TMPDIR": str(ray_tmp),
         "RAY_AUTH_MODE": "disabled",
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "HF_HUB_OFFLINE": "1",
     }
-    cmd = [
-        str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}",
-        "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-        "--include-dashboard=true", "--num-cpus=2", "--num-gpus=0", f"--temp-dir={ray_tmp}",
-        "--disable-usage-stats",
-    ]  # fmt: skip
-    log_path = ray_tmp / "ray-start.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{dashboard}"
+    head = RayHead.start(VENV_BIN / "ray", ray_tmp, env)
     try:
-        from ray.job_submission import JobSubmissionClient
-
-        for _ in range(90):  # wait until the Jobs API answers (a bounded poll, not a timed assertion)
-            if proc.poll() is not None:
-                raise RuntimeError(f"ray start exited: {log_path.read_text()[-3000:]}")
-            try:
-                JobSubmissionClient(address).list_jobs()
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                time.sleep(2)
-        yield address
+        head.wait_ready()
+        yield head.address
     finally:
-        _stop_process_group(proc)
-        _kill_leftovers(str(ray_tmp))
-
-
-def _stop_process_group(proc: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=20)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _kill_leftovers(marker: str) -> None:
-    """End processes of this head that outlived its process group (they name our unique temp dir)."""
-    import psutil
-
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if p.info["cmdline"] and any(marker in part for part in p.info["cmdline"]):
-                p.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
+        head.stop()
 
 
 def test_ray_job_submit_runs_the_entrypoint(ray_head: str, tiny_model: Path, tmp_path: Path) -> None:

@@ -10,19 +10,15 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+from news import NEWS, TOPICS
 
 from gliclass_dist.schema import RESULT_COLUMNS, output_schema
 from gliclass_dist.spec import JobSpec, SpecError
 
 pytestmark = pytest.mark.timeout(600)
 
-LABELS = ["business", "sports", "politics", "tech"]
-SENTENCES = [
-    "The central bank raised interest rates to fight inflation.",
-    "The football club won the league after a dramatic final match.",
-    "Parliament voted on the new election law.",
-    "A new smartphone with a faster chip was released.",
-]
+LABELS = TOPICS
+SENTENCES = NEWS[:4]
 
 
 def make_rows(n: int, start: int = 0, *, bad: bool = True) -> pa.Table:

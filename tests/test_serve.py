@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
 
-from serve_helpers import SERVE_LIMITS, free_port  # noqa: E402
+from serve_helpers import SERVE_LIMITS, assert_results_match, free_port  # noqa: E402
 
 from gliclass_dist.engine import Classifier, predictions_to_arrow  # noqa: E402
 from gliclass_dist.labels import LabelSpec  # noqa: E402
@@ -88,20 +88,6 @@ def deberta_classifier(tiny_deberta: Path) -> Classifier:
     return Classifier.from_pretrained(tiny_deberta, device="cpu")
 
 
-def _assert_results_match(got: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
-    assert len(got) == len(expected)
-    for g, e in zip(got, expected):
-        for key in ("labels", "top_label", "status", "model", "label_set"):
-            assert g[key] == e[key], (key, g, e)
-        assert [s["label"] for s in g["scores"]] == [s["label"] for s in e["scores"]]
-        for gs, es in zip(g["scores"], e["scores"]):
-            assert gs["score"] == pytest.approx(es["score"], abs=1e-5)
-        if e["top_score"] is None:
-            assert g["top_score"] is None
-        else:
-            assert g["top_score"] == pytest.approx(e["top_score"], abs=1e-5)
-
-
 def _engine_rows(clf: Classifier, texts: list[Any], labels: Any, label_set: str, **kwargs: Any) -> list[dict]:
     return predictions_to_arrow(clf.classify(texts, labels, **kwargs), clf.model_name, label_set).to_pylist()
 
@@ -136,7 +122,7 @@ def test_scores_equal_the_engine(served: Any, classifier: Classifier) -> None:
     assert body["model"] == classifier.model_name and body["model_id"] == "default"
     spec = LabelSpec(labels=LABELS, threshold=0.4)
     expected = classifier.classify_arrow(pa.table({"text": pa.array(texts, pa.string())}), spec).to_pylist()
-    _assert_results_match(body["results"], expected)
+    assert_results_match(body["results"], expected)
     assert [r["status"] for r in body["results"]][-2:] == ["empty_text", "empty_text"]
     assert body["results"][0]["label_set"] == spec.label_set_id
 
@@ -146,14 +132,14 @@ def test_single_label_mode_prompt_and_per_label_thresholds(served: Any, classifi
     body = served["client"].post("/v1/classify", json=payload).json()
     spec = LabelSpec(labels=LABELS, mode="single-label", prompt="Pick the topic:")
     expected = _engine_rows(classifier, TEXTS, LABELS, spec.label_set_id, mode="single-label", prompt="Pick the topic:")
-    _assert_results_match(body["results"], expected)
+    assert_results_match(body["results"], expected)
     assert all(len(r["labels"]) == 1 for r in body["results"])
 
     thresholds = {"business": 0.0, "sport": 1.0}
     body = served["client"].post("/v1/classify", json={"texts": TEXTS, "labels": LABELS, "threshold": thresholds}).json()
     assert body["results"][0]["label_set"] == LabelSpec(labels=LABELS, thresholds=thresholds).label_set_id
     expected = _engine_rows(classifier, TEXTS, LABELS, body["results"][0]["label_set"], threshold=thresholds)
-    _assert_results_match(body["results"], expected)
+    assert_results_match(body["results"], expected)
     assert all("business" in r["labels"] and "sport" not in r["labels"] for r in body["results"])
 
 
@@ -161,7 +147,7 @@ def test_per_request_and_per_row_labels(served: Any, classifier: Classifier) -> 
     row_labels = [["business", "politics"], ["sport", "music", "sport"], ["tech"]]
     body = served["client"].post("/v1/classify", json={"texts": TEXTS, "labels": row_labels}).json()
     expected = _engine_rows(classifier, TEXTS, row_labels, "per-row")
-    _assert_results_match(body["results"], expected)
+    assert_results_match(body["results"], expected)
     assert [[s["label"] for s in r["scores"]] for r in body["results"]] == [
         ["business", "politics"],
         ["sport", "music"],
@@ -194,7 +180,7 @@ def test_concurrent_requests_are_batched_and_split_back(served: Any, classifier:
     for i, response in enumerate(responses):
         assert response.status_code == 200, response.text
         label_set = LabelSpec(labels=label_sets[i]).label_set_id
-        _assert_results_match(response.json()["results"], _engine_rows(classifier, texts[i], label_sets[i], label_set))
+        assert_results_match(response.json()["results"], _engine_rows(classifier, texts[i], label_sets[i], label_set))
 
     assert after["batching"]["requests"] - before["batching"]["requests"] == n_requests
     calls = after["batching"]["engine_calls"] - before["batching"]["engine_calls"]
@@ -283,7 +269,7 @@ def test_allow_listed_model_is_multiplexed_and_nothing_else_loads(
     body = client.post("/v1/classify", json={"texts": TEXTS, "labels": LABELS, "model": "deberta"}).json()
     assert body["model_id"] == "deberta" and body["model"] == deberta_classifier.model_name
     expected = _engine_rows(deberta_classifier, TEXTS, LABELS, LabelSpec(labels=LABELS).label_set_id)
-    _assert_results_match(body["results"], expected)
+    assert_results_match(body["results"], expected)
 
     by_header = client.post(
         "/v1/classify", json={"texts": TEXTS, "labels": LABELS}, headers={"serve_multiplexed_model_id": "deberta"}
@@ -399,7 +385,7 @@ def test_engine_queue_merges_batches_that_wait_for_the_engine(classifier: Classi
     assert [list(c) for c in stats.recent] == [[1, 1], [3, 4], [1, 1]]
     for batch, outputs in zip((first, second, third, single_label), results):
         for j, output in zip(batch, outputs):
-            _assert_results_match(output, _engine_rows(classifier, j.texts, j.row_labels, j.label_set, mode=j.mode))
+            assert_results_match(output, _engine_rows(classifier, j.texts, j.row_labels, j.label_set, mode=j.mode))
 
     _, capped = asyncio.run(scenario(max_texts=2))  # an engine call never exceeds max_texts texts
     assert max(t for _, t in capped.recent) <= 2

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from transformers import AutoModel
@@ -28,6 +28,8 @@ from transformers.activations import ACT2FN
 
 from gliclass_dist.model.config import GLiClassConfig
 
+# A scorer's optional masks: label_mask [B, K] (1 = a real label slot), text_mask [B, T] (cross-attn's tokens).
+Mask = Tensor | None
 
 @dataclass
 class GLiClassOutput:
@@ -96,16 +98,17 @@ def masked_pool(x: torch.Tensor, mask: torch.Tensor, strategy: str) -> torch.Ten
     raise NotImplementedError(f"pooling_strategy {strategy!r}")
 
 
+def funnel_mlp(in_features: int, hidden: int, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """The scorers' MLP: in -> hidden -> hidden // 2 -> 1 (weights at indices 0, 2, 4, as the reference names them)."""
+    return nn.Sequential(
+        nn.Linear(in_features, hidden), activation(), nn.Linear(hidden, hidden // 2), activation(), nn.Linear(hidden // 2, 1)
+    )
+
+
 class DotScorer(nn.Module):
     """``simple``: dot product of text and label vectors."""
 
-    def forward(
-        self,
-        text: torch.Tensor,
-        labels: torch.Tensor,
-        label_mask: torch.Tensor | None = None,
-        text_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, text: Tensor, labels: Tensor, label_mask: Mask = None, text_mask: Mask = None) -> Tensor:
         return torch.einsum("bd,bkd->bk", text, labels)
 
 
@@ -114,21 +117,9 @@ class MLPScorer(nn.Module):
 
     def __init__(self, hidden_size: int, mlp_hidden_size: int = 256) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(hidden_size * 2, mlp_hidden_size),
-            nn.ReLU(),
-            nn.Linear(mlp_hidden_size, mlp_hidden_size // 2),
-            nn.ReLU(),
-            nn.Linear(mlp_hidden_size // 2, 1),
-        )
+        self.mlp = funnel_mlp(hidden_size * 2, mlp_hidden_size)
 
-    def forward(
-        self,
-        text: torch.Tensor,
-        labels: torch.Tensor,
-        label_mask: torch.Tensor | None = None,
-        text_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, text: Tensor, labels: Tensor, label_mask: Mask = None, text_mask: Mask = None) -> Tensor:
         expanded = text.unsqueeze(1).expand(-1, labels.shape[1], -1)
         return self.mlp(torch.cat([expanded, labels], dim=-1)).squeeze(-1)
 
@@ -147,13 +138,7 @@ class WeightedDotScorer(nn.Module):
             nn.Linear(hidden_size * 4, 1),
         )
 
-    def forward(
-        self,
-        text: torch.Tensor,
-        labels: torch.Tensor,
-        label_mask: torch.Tensor | None = None,
-        text_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, text: Tensor, labels: Tensor, label_mask: Mask = None, text_mask: Mask = None) -> Tensor:
         batch, num_labels, dim = labels.shape
         t1, t2 = self.proj_text(text).view(batch, 1, 2, dim).unbind(dim=2)
         l1, l2 = self.proj_label(labels).view(batch, num_labels, 2, dim).unbind(dim=2)
@@ -176,23 +161,11 @@ class HopfieldScorer(nn.Module):
         self.q_proj = nn.Linear(hidden_size, hidden_size, bias=False)
         self.k_proj = nn.Linear(hidden_size, hidden_size, bias=False)
         self.v_proj = nn.Linear(hidden_size, hidden_size, bias=False)
-        self.mlp = nn.Sequential(
-            nn.Linear(hidden_size, mlp_hidden_size),
-            nn.ReLU(),
-            nn.Linear(mlp_hidden_size, mlp_hidden_size // 2),
-            nn.ReLU(),
-            nn.Linear(mlp_hidden_size // 2, 1),
-        )
+        self.mlp = funnel_mlp(hidden_size, mlp_hidden_size)
         self.beta = beta
         self.iterations = iterations
 
-    def forward(
-        self,
-        text: torch.Tensor,
-        labels: torch.Tensor,
-        label_mask: torch.Tensor | None = None,
-        text_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, text: Tensor, labels: Tensor, label_mask: Mask = None, text_mask: Mask = None) -> Tensor:
         key = self.k_proj(text)
         value = self.v_proj(text)
         for _ in range(self.iterations):
@@ -220,25 +193,13 @@ class CrossAttnScorer(nn.Module):
         self.v = nn.Linear(hidden_size, hidden_size)
         self.out = nn.Linear(hidden_size, hidden_size)
         self.norm = nn.LayerNorm(hidden_size)
-        self.score_mlp = nn.Sequential(
-            nn.Linear(hidden_size * 2, mlp_hidden_size),
-            nn.GELU(),
-            nn.Linear(mlp_hidden_size, mlp_hidden_size // 2),
-            nn.GELU(),
-            nn.Linear(mlp_hidden_size // 2, 1),
-        )
+        self.score_mlp = funnel_mlp(hidden_size * 2, mlp_hidden_size, nn.GELU)
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, dim = x.shape
         return x.view(batch, length, self.num_heads, dim // self.num_heads).transpose(1, 2)
 
-    def forward(
-        self,
-        text: torch.Tensor,
-        labels: torch.Tensor,
-        label_mask: torch.Tensor | None = None,
-        text_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, text: Tensor, labels: Tensor, label_mask: Mask = None, text_mask: Mask = None) -> Tensor:
         batch, num_labels, dim = labels.shape
         query = self.heads(self.q(self.q_norm(labels)))
         key = self.heads(self.k(self.kv_norm(text)))

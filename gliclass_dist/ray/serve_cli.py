@@ -1,4 +1,11 @@
-"""``gliclass-dist serve``: run the classification service on Ray Serve (127.0.0.1 by default)."""
+"""gliclass-dist serve: run the classification service on Ray Serve (binds to 127.0.0.1 unless --host says otherwise).
+
+The API: POST /v1/classify, GET /v1/model, GET /v1/stats, GET /healthz, OpenAPI docs at /docs; requests are
+batched dynamically, bounded by the limits below, and optionally need a bearer token.
+
+Example:
+    gliclass-dist serve --model models/gliclass-minilm-bbc --port 8000
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ import signal
 import threading
 from typing import Any
 
+from gliclass_dist.cli import add_command
 from gliclass_dist.settings import add_engine_arguments
 
 logger = logging.getLogger(__name__)
@@ -17,15 +25,7 @@ APP_NAME = "gliclass"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "serve",
-        help="serve a model over HTTP with Ray Serve (dynamic batching, limits, optional auth)",
-        description=(
-            "Start Ray Serve with the classification API: POST /v1/classify, GET /v1/model, GET /v1/stats, "
-            "GET /healthz, OpenAPI docs at /docs. Binds to 127.0.0.1 unless --host says otherwise. "
-            "Example: gliclass-dist serve --model models/gliclass-minilm-bbc --port 8000"
-        ),
-    )
+    p = add_command(subparsers, "serve", __doc__)
     p.add_argument("--model", required=True, help="checkpoint folder (or hub id) of the default model")
     p.add_argument("--model-id", default="default", help="id of the default model in requests (default: default)")
     p.add_argument(

@@ -49,6 +49,7 @@ from gliclass_dist.run import (
     RunSummary,
     format_summary,
     input_columns,
+    job_parser,
     load_job_spec,
     merge_counts,
     plan_run,
@@ -378,18 +379,12 @@ def run_job(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = job_parser(
+        "Run a classification job (a YAML job spec) on Spark and land it in Delta / Iceberg / Parquet exactly "
+        "once. Example: spark-submit jobs/spark_classify.py --spec job.yaml --set sink.path=/tmp/out. "
+        "Exit codes: 0 done (also when the job key was already committed), 2 bad spec, 1 failure.",
         prog="spark_classify.py",
-        description=(
-            "Run a classification job (a YAML job spec) on Spark and land it in Delta / Iceberg / Parquet exactly "
-            "once. Example: spark-submit jobs/spark_classify.py --spec job.yaml --set sink.path=/tmp/out. "
-            "Exit codes: 0 done (also when the job key was already committed), 2 bad spec, 1 failure."
-        ),
     )
-    parser.add_argument("--spec", required=True, help="job spec YAML")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a spec value, e.g. --set resources.batch_rows=512 (repeatable)")
-    parser.add_argument("--summary-json", help="also write the summary as JSON to this file")
     parser.add_argument("--partitions", type=int, default=None,
                         help="repartition the input into N inference tasks (default: the input's partitions)")
     parser.add_argument("--delta-writer", choices=["auto", "spark", "delta-rs"], default="auto",
@@ -397,7 +392,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-ship-model", action="store_true",
                         help="do not ship the model folder to the executors (it is on storage every executor mounts)")
     parser.add_argument("--no-count", action="store_true", help="skip the separate count of input rows")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
     return parser
 
 

@@ -41,6 +41,7 @@ from gliclass_dist.predicate import to_spark
 from gliclass_dist.run import (
     RunSummary,
     input_columns,
+    job_parser,
     load_job_spec,
     merge_counts,
     model_display_name,
@@ -301,14 +302,11 @@ def stream_summary(spec: JobSpec, batches: Sequence[dict[str, Any]], started: fl
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = job_parser(
+        "Classify new files (or Kafka records) as they arrive; each micro-batch lands exactly once.",
         prog="spark_stream.py",
-        description="Classify new files (or Kafka records) as they arrive; each micro-batch lands exactly once.",
+        spec_help="job spec YAML (input.path = the folder new files land in)",
     )
-    parser.add_argument("--spec", required=True, help="job spec YAML (input.path = the folder new files land in)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a spec value (repeatable)")
-    parser.add_argument("--summary-json", help="also write the summary as JSON to this file")
     parser.add_argument("--checkpoint", required=True, help="the stream's checkpoint folder (keep it between runs)")
     parser.add_argument("--trigger", default="available-now",
                         help="available-now (default), once, or processing-time=<interval>")
@@ -322,7 +320,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-offsets-per-trigger", type=int, default=None)
     parser.add_argument("--partitions", type=int, default=None, help="inference tasks per micro-batch")
     parser.add_argument("--no-ship-model", action="store_true", help="do not ship the model folder to the executors")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
     return parser
 
 

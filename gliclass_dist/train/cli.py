@@ -1,4 +1,13 @@
-"""``gliclass-dist train``: fine-tune a GLiClass model (supervised or PPO) from JSONL/Parquet records."""
+"""gliclass-dist train: fine-tune a GLiClass model (few-shot supervised, or PPO from partial labels).
+
+Records are {"text", "all_labels": [...], "true_labels": [...]} in JSONL or Parquet (optional prompt,
+examples, unknown_labels). --base is a GLiClass checkpoint folder or a plain encoder (BERT / DeBERTa /
+ModernBERT folder or hub id), in which case new heads are initialised. The same module holds the
+calibrate and suggest-thresholds commands.
+
+Example:
+    gliclass-dist train --base models/gliclass-minilm-bbc --data train.jsonl --eval eval.jsonl --out models/my-model --shots-per-label 8
+"""
 
 from __future__ import annotations
 
@@ -11,23 +20,14 @@ from typing import Any
 
 import torch
 
+from gliclass_dist.cli import add_command
 from gliclass_dist.train.data import DataError, load_records, sample_shots
 
 logger = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "train",
-        help="fine-tune a GLiClass model (few-shot supervised, or PPO from partial labels)",
-        description=(
-            "Fine-tune GLiClass on records {\"text\", \"all_labels\": [...], \"true_labels\": [...]} "
-            "(JSONL or Parquet; optional prompt, examples, unknown_labels). --base is a GLiClass checkpoint "
-            "folder or a plain encoder (BERT/DeBERTa/ModernBERT folder or hub id), in which case new heads are "
-            "initialised. Example: gliclass-dist train --base models/gliclass-minilm-bbc --data train.jsonl "
-            "--eval eval.jsonl --out models/my-model --shots-per-label 8"
-        ),
-    )
+    p = add_command(subparsers, "train", __doc__)
     p.add_argument("--base", required=True, help="GLiClass checkpoint folder, or a plain encoder folder / hub id")
     p.add_argument("--data", required=True, type=Path, help="training records (.jsonl or .parquet)")
     p.add_argument("--eval", type=Path, default=None, help="held-out records for micro/macro F1 (optional)")
@@ -222,10 +222,10 @@ def register_calibration(subparsers: argparse._SubParsersAction) -> None:
     from gliclass_dist.train.calibrate import AUTO, FIT_METHODS
 
     rows_help = "labelled rows (.jsonl or .parquet, the training record format; unknown_labels are left out)"
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "calibrate",
-        help="fit post-hoc score calibration on a few labelled rows and save it beside the model",
-        description=(
+        (
             "Fit temperature / Platt / per-label Platt scaling of the model's logits on labelled rows and write "
             "MODEL/calibration.json, which every front end applies. --method auto picks the method (or none) by "
             "k-fold held-out log loss. Example: python -m gliclass_dist.train calibrate --model models/my-model "
@@ -245,10 +245,10 @@ def register_calibration(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=int, default=None, help="tokens per input (default: the model's window)")
     p.set_defaults(func=run_calibrate)
 
-    t = subparsers.add_parser(
+    t = add_command(
+        subparsers,
         "suggest-thresholds",
-        help="per-label thresholds from a few labelled rows, written into a label-set file for jobs",
-        description=(
+        (
             "Score labelled rows as multi-label jobs do (with the model's calibration, if any) and pick per label "
             "the threshold with the best F1 on them. Labels with fewer than --min-support positives (or no "
             "negative) keep the job's threshold. Writes label set NAME into OUT (YAML; other sets are kept), for "
