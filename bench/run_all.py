@@ -45,8 +45,8 @@ def steps(full: bool) -> list[tuple[str, list[str], float]]:
                           "--f1-articles", "40" if full else "20"], 1200),
         ("distributed", [py, "bench/distributed.py", "--rows", "3000" if full else "1000"]
          + ([] if full else ["--ray-configs", "2 actors x 0.5 CPU"]), 900),
-        ("scale", [py, "bench/scale.py", "--rows", *(["100000", "1000000"] if full else ["10000", "50000"])],
-         7200 if full else 600),
+        ("scale", [py, "bench/scale.py", "--rows", *(["1000000", "5000000"] if full else ["10000", "50000"])],
+         10800 if full else 600),
     ]
     # no repeated work: half the rows repeat earlier ones; the engine (interleaved), and with --full the Ray job
     out.append(("dedup", [py, "bench/dedup.py", "--rows", "1000" if full else "400", "--rounds", "2"]

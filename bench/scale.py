@@ -80,9 +80,21 @@ def ratio(large: float | None, small: float | None) -> float | None:
     return round(large / small, 3) if large and small else None
 
 
+def steady_mb(run: dict[str, Any], role: str) -> float | None:
+    """The median private memory of ``role`` over the second half of a run (its level once the pipeline
+    is full, without the start-up burst that can set the peak)."""
+    samples = run.get("samples_private_mb") or []
+    if not samples:
+        return None
+    half = samples[-1]["t"] / 2
+    values = sorted(x[role] for x in samples if x["t"] >= half and x.get(role))
+    return round(values[len(values) // 2], 1) if values else None
+
+
 def memory_growth(runs: list[dict[str, Any]], engines: list[str]) -> list[dict[str, Any]]:
     """Per engine: peak private memory at the largest size over the smallest (driver, largest worker, JVM, the
-    rest of the tree), the same on plain RSS (``*_plain_rss_growth``), and ``flat``: every private ratio <= 1.10."""
+    rest of the tree), the same on plain RSS (``*_plain_rss_growth``), ``flat``: every private ratio <= 1.10,
+    and the same ratio of levels over each run's second half (``*_steady_growth``, a diagnosis)."""
     growth = []
     for engine in engines:
         mine = sorted((r for r in runs if r["engine"] == engine and r.get("rows_out")), key=lambda r: r["rows"])
@@ -96,6 +108,8 @@ def memory_growth(runs: list[dict[str, Any]], engines: list[str]) -> list[dict[s
             entry[f"{role}_plain_rss_growth"] = ratio(large.get(f"{role}_rss_mb"), small.get(f"{role}_rss_mb"))
         private = [entry[f"{role}_rss_growth"] for role in ("driver", "worker", "jvm", "other")]
         entry["flat"] = all(g <= GROWTH_LIMIT for g in private if g is not None)
+        for role in ("driver", "worker", "jvm"):  # a diagnosis beside the peaks: does a start-up burst drive them?
+            entry[f"{role}_steady_growth"] = ratio(steady_mb(large, role), steady_mb(small, role))
         growth.append(entry)
     return growth
 
