@@ -31,6 +31,7 @@ from gliclass_dist.model.config import GLiClassConfig
 # A scorer's optional masks: label_mask [B, K] (1 = a real label slot), text_mask [B, T] (cross-attn's tokens).
 Mask = Tensor | None
 
+
 @dataclass
 class GLiClassOutput:
     """Model outputs: ``logits[B, K]`` (K = most labels in the batch) and ``label_mask[B, K]``."""
