@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chars", type=int, default=300)
     parser.add_argument("--batch-rows", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--ray", action="store_true", help="also the Ray job with and without the result cache")
+    parser.add_argument("--ray", action="store_true", help="also the Ray job: on distinct rows, de-duplicated, and with the result cache")
     parser.add_argument("--ray-rows", type=int, default=8000)
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--model", type=Path, default=None)

@@ -26,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from gliclass_dist.cli import add_command
 from gliclass_dist.run import input_columns, merge_counts, status_counts
 from gliclass_dist.spec import InputSpec, JobSpec
 
@@ -253,8 +254,6 @@ def positive_int(value: str) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from gliclass_dist.cli import add_command
-
     p = add_command(subparsers, "estimate", __doc__)
     p.add_argument("--spec", required=True, help="the job spec (YAML) to estimate")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec value")
