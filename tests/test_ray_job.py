@@ -396,3 +396,21 @@ def test_demo_twice_leaves_each_article_once(
     ids = table["id"].to_pylist()
     assert len(ids) == len(set(ids)) == 25
     assert len(set(table["topic"].to_pylist())) == 5  # the sample spans every topic
+
+
+def test_job_tasks_get_arrows_system_allocator_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyarrow's default pool keeps freed memory in the read and write workers (bench/README.md, Scale): the job's
+    environment asks for the system allocator; a value set by the driver's environment or by ``ray job submit``
+    wins."""
+    import json
+
+    from gliclass_dist.ray.job import SUBMITTED_JOB_CONFIG_ENV, job_env
+
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    monkeypatch.delenv(SUBMITTED_JOB_CONFIG_ENV, raising=False)
+    assert job_env()["ARROW_DEFAULT_MEMORY_POOL"] == "system"
+    monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "mimalloc")
+    assert job_env()["ARROW_DEFAULT_MEMORY_POOL"] == "mimalloc"
+    submitted = {"runtime_env": {"env_vars": {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}}}
+    monkeypatch.setenv(SUBMITTED_JOB_CONFIG_ENV, json.dumps(submitted))
+    assert "ARROW_DEFAULT_MEMORY_POOL" not in job_env()

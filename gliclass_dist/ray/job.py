@@ -53,14 +53,21 @@ READ_BLOCK_BYTES = 16 * 2**20
 SUBMITTED_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
+# pyarrow's default pool (mimalloc) keeps freed memory for reuse: at 1M rows the job's largest worker (a read or
+# write task's) held 775 MB private with it and 579 MB with the system allocator (bench/README.md, Scale).
+ARROW_POOL_ENV = "ARROW_DEFAULT_MEMORY_POOL"
+
+
 def job_env() -> dict[str, str]:
-    """``stage_env(1)`` less the variables a ``ray job submit`` runtime env already sets (Ray refuses to merge
-    the same key twice; the submitter's value wins)."""
+    """``stage_env(1)`` with Arrow's system allocator (unless this process sets ``ARROW_DEFAULT_MEMORY_POOL``),
+    less the variables a ``ray job submit`` runtime env already sets (Ray refuses to merge the same key twice;
+    the submitter's value wins)."""
     submitted: dict[str, Any] = {}
     with contextlib.suppress(ValueError, TypeError, AttributeError):  # not under ray job submit, or no env_vars
         config = json.loads(os.environ.get(SUBMITTED_JOB_CONFIG_ENV, "{}"))
         submitted = dict((config.get("runtime_env") or {}).get("env_vars") or {})
-    return {k: v for k, v in stage_env(1).items() if k not in submitted}
+    env = {**stage_env(1), ARROW_POOL_ENV: os.environ.get(ARROW_POOL_ENV, "system")}
+    return {k: v for k, v in env.items() if k not in submitted}
 
 
 def classify_dataset(
@@ -87,7 +94,8 @@ def classify_dataset(
 def ensure_ray(address: str | None = None) -> None:
     """Connect to ``address`` (or ``RAY_ADDRESS``, e.g. under ``ray job submit``), else start local Ray.
 
-    The job's tasks get ``job_env()`` (hub settings forwarded from this process, one tokenizer thread).
+    The job's tasks get ``job_env()`` (hub settings forwarded from this process, one tokenizer thread, Arrow's
+    system allocator).
     """
     if ray.is_initialized():
         return
