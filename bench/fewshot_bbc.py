@@ -10,7 +10,10 @@ scored on three label sets (columns):
 - ``paraphrases`` (``macro_f1_paraphrases``): a fixed alternative name per topic, never a training name,
   never in the label vocabulary or the synonym map;
 - ``distractors`` (``macro_f1_distractors``): the five names plus five unrelated labels from a held-out list
-  disjoint from the training vocabulary (a predicted distractor is a false positive of that label).
+  disjoint from the training vocabulary (a predicted distractor is a false positive of that label, and
+  every distractor predicted even once adds a 0 to the average); read two more ways:
+  ``macro_f1_distractors_topics`` (macro-F1 over the five topics only: a predicted distractor is a missed
+  topic) and ``distractor_share`` (share of articles whose top label is a distractor).
 
 - ``gliclass_untrained``: GLiClass-MiniLM straight from ``init_from_encoder`` (similarity heads).
 - ``gliclass_fewshot``: the same after few-shot fine-tuning with label-set augmentation (the recipe;
@@ -23,7 +26,8 @@ scored on three label sets (columns):
   (random heads, ``first`` pooling, head lr 3e-4, 75 steps) for comparison (not in ``--quick``).
 
 Writes ``bench/results/fewshot_bbc.json`` (``{"results": [{"method", "shots", "macro_f1",
-"macro_f1_paraphrases", "macro_f1_distractors", "seed"}, ...], "summary": [...]}``) and ``fewshot_bbc.png``; the PPO experiment writes ``ppo_bbc.json`` and ``ppo_bbc.png``.
+"macro_f1_paraphrases", "macro_f1_distractors", "macro_f1_distractors_topics", "distractor_share", "seed"},
+...], "summary": [...]}``) and ``fewshot_bbc.png``; the PPO experiment writes ``ppo_bbc.json`` and ``ppo_bbc.png``.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from gliclass_dist.train.data import TrainRecord, records_from_dicts  # noqa: E4
 from gliclass_dist.train.demo_model import BBC_SYNONYMS, LABEL_SAMPLING  # noqa: E402
 from gliclass_dist.train.init_model import init_from_encoder  # noqa: E402
 from gliclass_dist.train.label_sampling import LabelEmbedder, LabelSampler, build_label_sampler  # noqa: E402
-from gliclass_dist.train.metrics import evaluate, f1_scores  # noqa: E402
+from gliclass_dist.train.metrics import evaluate, f1_scores, macro_f1_over  # noqa: E402
 from gliclass_dist.train.ppo import PPOConfig, train_ppo  # noqa: E402
 from gliclass_dist.train.supervised import SupervisedConfig, train_supervised  # noqa: E402
 
@@ -77,6 +81,7 @@ PARAPHRASES = {
 DISTRACTORS = ["gardening", "astronomy", "cooking", "fashion", "religion"]
 COLUMNS = ("names", "paraphrases", "distractors")
 FIELD = {"names": "macro_f1", "paraphrases": "macro_f1_paraphrases", "distractors": "macro_f1_distractors"}
+EXTRA_FIELDS = ("macro_f1_distractors_topics", "distractor_share")  # the distractor column read two more ways
 
 
 def column_records(column: str, texts: list[str], topics: list[str], indices: list[int]) -> list[TrainRecord]:
@@ -118,6 +123,18 @@ def topic_records(texts: list[str], topics: list[str], indices: list[int]) -> li
     )
 
 
+def column_scores(column: str, f1: dict[str, Any]) -> dict[str, float]:
+    """The result fields of one column from its F1 figures. The distractor column is also scored over the
+    five topics alone (``macro_f1_distractors_topics``: a predicted distractor is a missed topic, counted
+    once per article, where ``macro_f1_distractors`` adds a 0 for every distractor predicted at all) and by
+    ``distractor_share``, the share of articles whose top label is a distractor."""
+    out = {FIELD[column]: f1["macro_f1"]}
+    if column == "distractors":
+        out["macro_f1_distractors_topics"] = macro_f1_over(f1["per_label_f1"], BBC_TOPICS)
+        out["distractor_share"] = sum(f1["predicted_counts"].get(d, 0) for d in DISTRACTORS) / f1["n"]
+    return out
+
+
 # -- embedding baselines ---------------------------------------------------------------------------------
 def predicted_f1(records: list[TrainRecord], predicted: list[str]) -> float:
     """Macro-F1 of single-label predictions against ``records`` (one column's label set)."""
@@ -131,15 +148,18 @@ def zero_shot_columns(embedder: LabelEmbedder, test_vectors: np.ndarray,
     for column in COLUMNS:
         labels = tests[column][0].all_labels
         best = (test_vectors @ embedder(labels).T).argmax(1)
-        out[FIELD[column]] = predicted_f1(tests[column], [labels[j] for j in best])
+        out |= column_scores(column, f1_scores(tests[column], [[labels[j]] for j in best]))
     return out
 
 
 # -- GLiClass runs ---------------------------------------------------------------------------------
 def evaluate_columns(model: Any, tokenizer: Any, tests: dict[str, list[TrainRecord]], device: str) -> dict[str, float]:
-    """Macro-F1 per evaluation column, keyed by its result field."""
+    """Macro-F1 per evaluation column, keyed by its result field (see ``column_scores``)."""
     builder = InputBuilder(tokenizer, model.config, MAX_LENGTH)
-    return {FIELD[c]: evaluate(model, builder, tests[c], device=device)["macro_f1"] for c in COLUMNS}
+    out: dict[str, float] = {}
+    for column in COLUMNS:
+        out |= column_scores(column, evaluate(model, builder, tests[column], device=device))
+    return out
 
 
 def gliclass_run(
@@ -238,10 +258,10 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry: dict[str, Any] = {"method": method, "shots": shots,
                                      "mean_macro_f1": round(float(np.mean(values)), 4),
                                      "per_seed": values, "seeds": [r["seed"] for r in rows]}
-            for column in COLUMNS[1:]:
-                column_values = [r.get(FIELD[column]) for r in rows]
+            for column, field in [*((c, FIELD[c]) for c in COLUMNS[1:]), *((f, f) for f in EXTRA_FIELDS)]:
+                column_values = [r.get(field) for r in rows]
                 known = [v for v in column_values if v is not None]
-                entry[f"mean_{FIELD[column]}"] = round(float(np.mean(known)), 4) if known else None
+                entry[f"mean_{field}"] = round(float(np.mean(known)), 4) if known else None
                 entry[f"per_seed_{column}"] = column_values
             summary.append(entry)
     return summary
@@ -256,16 +276,20 @@ def plot_fewshot(summary: list[dict[str, Any]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(11, 4.8))
     names = [f"{s['method']}\n({s['shots']} shots)" if s["shots"] else f"{s['method']}\n(zero-shot)" for s in summary]
-    width = 0.27
-    colors = {"names": "#4c72b0", "paraphrases": "#55a868", "distractors": "#c44e52"}
-    for k, column in enumerate(COLUMNS):
-        key = "mean_macro_f1" if column == "names" else f"mean_{FIELD[column]}"
+    bars = [("names", "mean_macro_f1", "#4c72b0"), ("paraphrases", "mean_macro_f1_paraphrases", "#55a868"),
+            ("distractors", "mean_macro_f1_distractors", "#c44e52"),
+            ("distractors, over the topics", "mean_macro_f1_distractors_topics", "#dd8452")]
+    width = 0.2
+    for k, (column, key, color) in enumerate(bars):
+        labelled = False
         for x, s in enumerate(summary):
             mean = s.get(key)
             if mean is None:
                 continue
-            ax.bar(x + (k - 1) * width, mean, width, color=colors[column], label=column if x == 0 else None)
-            ax.text(x + (k - 1) * width, mean + 0.01, f"{mean:.2f}", ha="center", fontsize=6, rotation=90)
+            offset = (k - (len(bars) - 1) / 2) * width
+            ax.bar(x + offset, mean, width, color=color, label=None if labelled else column)
+            ax.text(x + offset, mean + 0.01, f"{mean:.2f}", ha="center", fontsize=6, rotation=90)
+            labelled = True
     ax.set_xticks(range(len(summary)), names, fontsize=6)
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("macro-F1 (held-out, mean of seeds)")
@@ -357,8 +381,9 @@ def main(argv: list[str] | None = None) -> int:
             return
         rounded = {k: None if v is None else round(v, 4) for k, v in scores.items()}
         results.append({"method": method, "shots": shots, **rounded, "seed": seed, **extra})
-        logger.info("%-30s shots=%-2d seed=%d macro-F1 names %s paraphrases %s distractors %s", method, shots, seed,
-                    *(rounded.get(FIELD[c]) for c in COLUMNS))
+        logger.info("%-30s shots=%-2d seed=%d macro-F1 names %s paraphrases %s distractors %s (over the topics %s, "
+                    "distractor share %s)", method, shots, seed, *(rounded.get(FIELD[c]) for c in COLUMNS),
+                    *(rounded.get(f) for f in EXTRA_FIELDS))
         save()
 
     setup = {
@@ -454,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     save()
     for s in payload["summary"]:
         print(f"{s['method']:32s} shots={s['shots']:<3d} mean macro-F1 names {s['mean_macro_f1']:.4f} "
-              f"paraphrases {s['mean_macro_f1_paraphrases']} distractors {s['mean_macro_f1_distractors']}  "
+              f"paraphrases {s['mean_macro_f1_paraphrases']} distractors {s['mean_macro_f1_distractors']} "
+              f"(over the topics {s['mean_macro_f1_distractors_topics']})  "
               f"per seed {s['per_seed']} / {s['per_seed_paraphrases']} / {s['per_seed_distractors']}")
     if "ppo" in payload:
         print("PPO held-out micro-F1 by step:", [(c["step"], round(c["micro_f1"], 4)) for c in payload["ppo"]["curve"]])

@@ -16,6 +16,7 @@ from gliclass_dist.model.loading import load_model, load_tokenizer
 from gliclass_dist.model.tiny import build_tiny_model
 from gliclass_dist.train.data import DataError, load_records, make_batch, records_from_dicts, sample_shots
 from gliclass_dist.train.losses import bce_loss, focal_loss, softmax_ce_loss
+from gliclass_dist.train.metrics import f1_scores, macro_f1_over
 from gliclass_dist.train.ppo import PPOConfig, f1_reward, train_ppo
 from gliclass_dist.train.supervised import SupervisedConfig, train_supervised
 
@@ -227,6 +228,19 @@ def keyword_records(n: int, seed: int) -> list[dict]:
         rng.shuffle(words)
         rows.append({"text": " ".join(words), "all_labels": LABELS, "true_labels": [KEYWORDS[k] for k in present]})
     return rows
+
+
+def test_macro_f1_over_the_task_labels_counts_an_outside_prediction_once():
+    # Three articles of two topics; one is put under a distractor. Macro-F1 over every label seen adds a 0
+    # for the distractor; over the task's labels it costs only the missed topic's recall.
+    records = records_from_dicts([{"text": t, "all_labels": ["a", "b", "x"], "true_labels": [y]}
+                                  for t, y in [("one", "a"), ("two", "a"), ("three", "b")]])
+    f1 = f1_scores(records, [["a"], ["x"], ["b"]])
+    assert f1["per_label_f1"] == {"a": pytest.approx(2 / 3), "b": 1.0, "x": 0.0}
+    assert f1["macro_f1"] == pytest.approx((2 / 3 + 1.0 + 0.0) / 3)
+    assert macro_f1_over(f1["per_label_f1"], ["a", "b"]) == pytest.approx((2 / 3 + 1.0) / 2)
+    assert macro_f1_over(f1["per_label_f1"], ["a", "b", "c"]) == pytest.approx((2 / 3 + 1.0) / 3)  # unseen: 0
+    assert f1["predicted_counts"] == {"a": 1, "b": 1, "x": 1}
 
 
 def test_f1_reward_ignores_unknown_labels():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gliclass_dist.engine import Classifier
@@ -11,10 +11,20 @@ from gliclass_dist.model.modeling import GLiClassModel
 from gliclass_dist.train.data import TrainRecord
 
 
+def macro_f1_over(per_label_f1: Mapping[str, float], labels: Sequence[str]) -> float:
+    """Mean F1 over exactly ``labels`` (a label absent from ``per_label_f1`` counts 0), as scikit-learn's
+    ``f1_score(labels=..., average="macro")``: a prediction outside ``labels`` still costs its row's true
+    label the recall."""
+    labels = list(dict.fromkeys(labels))
+    return sum(per_label_f1.get(label, 0.0) for label in labels) / len(labels) if labels else 0.0
+
+
 def f1_scores(records: Sequence[TrainRecord], predicted: Sequence[Sequence[str]]) -> dict[str, Any]:
     """Micro and macro F1 of predicted label sets against ``true_labels`` (unknown labels ignored).
 
-    Macro-F1 averages over the labels that occur as a true or predicted label at least once.
+    Macro-F1 averages over the labels that occur as a true or predicted label at least once (so a label
+    that is only ever predicted wrongly adds a 0); ``predicted_counts`` counts the rows each label was
+    predicted for.
     """
     tp: dict[str, int] = {}
     fp: dict[str, int] = {}
@@ -38,8 +48,10 @@ def f1_scores(records: Sequence[TrainRecord], predicted: Sequence[Sequence[str]]
     denom = 2 * total_tp + total_fp + total_fn
     return {
         "micro_f1": 2 * total_tp / denom if denom else 0.0,
-        "macro_f1": sum(per_label.values()) / len(per_label) if per_label else 0.0,
+        "macro_f1": macro_f1_over(per_label, labels),
         "per_label_f1": per_label,
+        "predicted_counts": {label: tp.get(label, 0) + fp.get(label, 0) for label in labels
+                             if tp.get(label, 0) + fp.get(label, 0)},
         "n": len(records),
     }
 
