@@ -206,15 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ray-rows", type=int, default=8000)
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--out", default="dedup", help="results file name in bench/results, without .json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     started = time.perf_counter()
     model = args.model or common.throughput_checkpoint()
     texts = duplicated_rows(args.rows, args.chars)
+    # the Ray inputs are built first, so that too many --ray-rows fails before the engine runs, not after
+    ray_inputs = (duplicated_rows(args.ray_rows, args.chars), distinct_rows(args.ray_rows, args.chars)) if args.ray else None
     results = engine_runs(texts, model, args.batch_rows, args.rounds)
-    if args.ray:
-        results += ray_runs(duplicated_rows(args.ray_rows, args.chars), distinct_rows(args.ray_rows, args.chars),
-                            model, args.batch_rows, args.timeout)
+    if ray_inputs is not None:
+        results += ray_runs(*ray_inputs, model, args.batch_rows, args.timeout)
     machine = common.machine_info()
     machine["load_average_at_end"] = list(os.getloadavg())
     machine["seconds"] = round(time.perf_counter() - started, 1)
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "score_tolerance": SCORE_TOLERANCE,
         "results": results,
     }
-    common.write_json("dedup.json", payload)
+    common.write_json(f"{args.out}.json", payload)
     for r in results:
         logger.info("%-20s speedup %s identical %s", r["approach"], r["speedup"], r["identical"])
     return 0
