@@ -304,17 +304,10 @@ def test_ppo_with_a_user_reward_function(word_encoder):
 
 
 # -- init from a plain encoder and the CLI ---------------------------------------------------------
-@pytest.fixture(scope="module")
-def plain_encoder(tmp_path_factory) -> Path:
-    """A tiny plain BERT encoder + WordPiece tokenizer without the GLiClass tokens (like a hub encoder)."""
+def save_plain_bert(path: Path, tokens: list[str]) -> Path:
+    """A tiny randomly initialised BERT (seed 0) and a WordPiece tokenizer over ``tokens``, saved in ``path``."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    from gliclass_dist.model.config import SPECIAL_TOKENS
-    from gliclass_dist.model.tiny import train_tokenizer
-
-    path = tmp_path_factory.mktemp("plain-bert")
-    vocab = train_tokenizer("wordpiece").get_vocab()
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda item: item[1]) if t not in SPECIAL_TOKENS]
     tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(tokens)}, model_max_length=128)
     config = BertConfig(vocab_size=len(tokens), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128)
@@ -325,12 +318,23 @@ def plain_encoder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def plain_encoder(tmp_path_factory) -> Path:
+    """A tiny plain BERT encoder + WordPiece tokenizer without the GLiClass tokens (like a hub encoder)."""
+    from gliclass_dist.model.config import SPECIAL_TOKENS
+    from gliclass_dist.model.tiny import train_tokenizer
+
+    path = tmp_path_factory.mktemp("plain-bert")
+    vocab = train_tokenizer("wordpiece").get_vocab()
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda item: item[1]) if t not in SPECIAL_TOKENS]
+    return save_plain_bert(path, tokens)
+
+
+@pytest.fixture(scope="module")
 def word_encoder(tmp_path_factory) -> Path:
     """Like ``plain_encoder``, with a vocabulary built here (sorted: every corpus and keyword-task word whole)
     instead of trained: the WordPiece trainer breaks ties differently in every process, and the PPO tests
     below passed or failed from run to run with the trained vocabulary."""
     from tokenizers import normalizers, pre_tokenizers
-    from transformers import BertConfig, BertModel, BertTokenizerFast
 
     from gliclass_dist.model.tiny import CORPUS
 
@@ -341,13 +345,7 @@ def word_encoder(tmp_path_factory) -> Path:
     chars = sorted({c for w in words for c in w})
     tokens = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars),
                                  *words]))
-    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(tokens)}, model_max_length=128)
-    config = BertConfig(vocab_size=len(tokens), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(str(path))
-    tokenizer.save_pretrained(str(path))
-    return path
+    return save_plain_bert(path, tokens)
 
 
 def test_init_from_encoder_starts_as_embedding_similarity(plain_encoder, tmp_path):
