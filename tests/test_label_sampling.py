@@ -139,6 +139,24 @@ def test_paraphrases_rename_the_true_label_and_its_target():
     assert seen == {"government", "public affairs"}
 
 
+def test_a_paraphrase_map_is_what_renames_and_synonyms_stay_out_of_training():
+    # "economy" is a known synonym (never a negative, never a training name); "finance" the trained paraphrase
+    vocab = [*VOCAB, "trade and industry"]
+    s = LabelSampler(vocab, {"business": ["economy"]}, None, LabelSamplingConfig(paraphrase_prob=1.0),
+                     paraphrases={"business": ["finance", "trade and industry"]})
+    rng = random.Random(3)
+    renamed = set()
+    for _ in range(60):
+        out = s.sample(record(["business"]), rng)
+        assert out.true_labels[0] in {"finance", "trade and industry"}
+        renamed.add(out.true_labels[0])
+        assert "economy" not in out.all_labels  # a synonym: not a name, not a negative
+        assert {"finance", "trade and industry"} - set(out.true_labels) <= set(vocab) - set(out.all_labels)
+    assert renamed == {"finance", "trade and industry"}
+    assert s.describe()["paraphrases"] == {"business": ["finance", "trade and industry"]}
+    assert s.describe()["synonyms"] == {"business": ["economy"]}
+
+
 def test_negative_labels_file_is_read(tmp_path):
     path = tmp_path / "negatives.txt"
     path.write_text("# my domain\nrefund request\n\nshipping delay\nrefund request\n  warranty claim  \n")
@@ -253,14 +271,18 @@ def test_train_cli_reads_negative_labels_and_synonyms(encoder_folder, tmp_path, 
     negatives_file.write_text("refund request\nshipping delay\n")
     synonyms_file = tmp_path / "synonyms.json"
     synonyms_file.write_text(json.dumps({"business": ["commerce"]}))
+    paraphrases_file = tmp_path / "paraphrases.json"
+    paraphrases_file.write_text(json.dumps({"sports": ["athletics"]}))
     out = tmp_path / "model"
     args = ["train", "--base", str(encoder_folder), "--data", str(data), "--out", str(out), "--epochs", "1",
             "--min-steps", "2", "--batch-size", "2", "--no-progress", "--device", "cpu",
             "--negative-labels", str(negatives_file), "--no-builtin-vocabulary", "--synonyms", str(synonyms_file),
+            "--paraphrases", str(paraphrases_file), "--paraphrase-prob", "0.5",
             "--similarity-encoder", str(encoder_folder), "--negatives", "1", "2"]
     assert main(args) == 0
     sampling = json.loads((out / "training_metrics.json").read_text())["label_sampling"]
     assert sampling["vocabulary_size"] == 2 and sampling["synonyms"] == {"business": ["commerce"]}
+    assert sampling["paraphrases"] == {"sports": ["athletics"]} and sampling["paraphrase_prob"] == 0.5
     assert (sampling["min_negatives"], sampling["max_negatives"]) == (1, 2)
     negatives_file.write_text("fine\nbad <<LABEL>>\n")
     assert main(args) == 2

@@ -66,15 +66,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "negatives from a label vocabulary (never its true labels' synonyms or near-synonyms), in random order",
     )
     aug.add_argument("--label-sampling", action="store_true",
-                     help="turn label-set augmentation on (implied by --negative-labels and --synonyms)")
+                     help="turn label-set augmentation on (implied by --negative-labels, --synonyms, --paraphrases)")
     aug.add_argument("--negative-labels", type=Path, action="append", default=[], metavar="FILE",
                      help="more vocabulary labels, one a line ('#' comments); repeatable")
     aug.add_argument("--no-builtin-vocabulary", action="store_true",
                      help="draw negatives from --negative-labels files only")
     aug.add_argument("--synonyms", type=Path, default=None, metavar="FILE",
-                     help='JSON {"label": ["paraphrase", ...]}: never negatives for that label; see --paraphrase-prob')
+                     help='JSON {"label": ["synonym", ...]}: never negatives for that label; see --paraphrase-prob')
+    aug.add_argument("--paraphrases", type=Path, default=None, metavar="FILE",
+                     help='JSON {"label": ["name", ...]}: what --paraphrase-prob renames a true label to (default: '
+                          "the --synonyms map); never negatives either")
     aug.add_argument("--paraphrase-prob", type=float, default=0.0,
-                     help="chance that a true label is renamed to one of its synonyms (default 0)")
+                     help="chance that a true label is renamed to one of its paraphrases (default 0)")
     aug.add_argument("--negatives", type=int, nargs=2, default=[2, 8], metavar=("MIN", "MAX"),
                      help="vocabulary negatives per item (default 2 8)")
     aug.add_argument("--min-other-labels", type=int, default=1,
@@ -129,7 +132,7 @@ def resolve_device(device: str) -> str:
 
 def label_sampler_from_args(args: argparse.Namespace, device: str = "cpu") -> Any:
     """The ``LabelSampler`` the flags ask for, or None when label-set augmentation is off."""
-    if not (args.label_sampling or args.negative_labels or args.synonyms):
+    if not (args.label_sampling or args.negative_labels or args.synonyms or args.paraphrases):
         return None
     from gliclass_dist.train.label_sampling import LabelSamplingConfig, build_label_sampler, default_embedder
 
@@ -138,7 +141,8 @@ def label_sampler_from_args(args: argparse.Namespace, device: str = "cpu") -> An
                                  similarity_threshold=args.similarity_threshold)
     embed = None if args.no_similarity_filter else default_embedder(args.similarity_encoder, device=device)
     return build_label_sampler(builtin=not args.no_builtin_vocabulary, negative_label_files=args.negative_labels,
-                               synonyms_file=args.synonyms, embed=embed, config=config)
+                               synonyms_file=args.synonyms, paraphrases_file=args.paraphrases, embed=embed,
+                               config=config)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,12 +1,12 @@
 """Label-set augmentation: every time a training item is batched, sample the labels it is scored against.
 
-A sampled label set holds the item's true labels (each optionally replaced by a paraphrase from a
-user synonym map), a random subset of the task's other labels (the item's known negatives), and
+A sampled label set holds the item's true labels (each optionally replaced by a paraphrase: from a
+user paraphrase map, else from the synonym map), a random subset of the task's other labels (the item's known negatives), and
 negatives drawn from a label vocabulary (the built-in ``label_vocabulary.txt`` plus user files), in
 random order and of random size. This keeps a fine-tuned model zero-shot: it learns to reject labels
 it was not trained on instead of memorising one fixed label set.
 
-Negatives never include a row's true labels, its unknown labels, their synonyms, or any vocabulary
+Negatives never include a row's true labels, its unknown labels, their synonyms and paraphrases, or any vocabulary
 label whose embedding cosine similarity to one of those is at or above ``similarity_threshold``
 (so "finance" or "economy" is never a negative for a business article). The model learns whatever
 the negatives say; a near-synonym drawn as a negative teaches it to reject paraphrases.
@@ -62,10 +62,10 @@ def builtin_vocabulary() -> list[str]:
 
 
 def read_synonyms(path: str | os.PathLike[str]) -> dict[str, list[str]]:
-    """A synonym map from JSON ``{"label": ["paraphrase", ...], ...}``; errors name the file and the bad entry."""
+    """A synonym or paraphrase map from JSON ``{"label": ["name", ...], ...}``; errors name the file and the bad entry."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: synonym file does not exist")
+        raise DataError(f"{path}: label map file (synonyms or paraphrases) does not exist")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -76,7 +76,7 @@ def read_synonyms(path: str | os.PathLike[str]) -> dict[str, list[str]]:
 def check_synonyms(raw: Any, where: str = "synonyms") -> dict[str, list[str]]:
     """Validate a synonym map: string keys, lists of non-empty strings, no marker strings."""
     if not isinstance(raw, Mapping):
-        raise DataError(f"{where}: a synonym map must be an object of label -> list of paraphrases")
+        raise DataError(f"{where}: must be a JSON object of label -> list of names")
     out: dict[str, list[str]] = {}
     for label, values in raw.items():
         if not isinstance(label, str) or not label.strip():
@@ -152,8 +152,11 @@ class LabelSamplingConfig:
 class LabelSampler:
     """Samples the label set of a training item each time it is used (see the module docstring).
 
-    ``embed`` maps label strings to L2-normalised vectors (``LabelEmbedder``); without it only the
-    synonym map keeps near-synonyms out of the negatives.
+    ``synonyms``: label -> names that are never its negatives. ``paraphrases``: label -> names a true label
+    may be renamed to (``paraphrase_prob``), never its negatives either; without it renames come from
+    ``synonyms``. Separate maps let known synonyms stay out of training (e.g. an evaluation's names) while
+    other alternative names are trained on. ``embed`` maps label strings to L2-normalised vectors
+    (``LabelEmbedder``); without it only the two maps keep near-synonyms out of the negatives.
     """
 
     def __init__(
@@ -162,11 +165,13 @@ class LabelSampler:
         synonyms: Mapping[str, Sequence[str]] | None = None,
         embed: Embed | None = None,
         config: LabelSamplingConfig | None = None,
+        paraphrases: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.vocabulary = list(dict.fromkeys(v.strip() for v in vocabulary if v.strip()))
         for label in self.vocabulary:
             check_no_marker(label, "vocabulary label")
         self.synonyms = check_synonyms(dict(synonyms or {}))
+        self.paraphrases = self.synonyms if paraphrases is None else check_synonyms(dict(paraphrases), "paraphrases")
         self.embed = embed
         self.config = config or LabelSamplingConfig()
         if embed is None:
@@ -184,9 +189,11 @@ class LabelSampler:
         return np.stack([self._vectors[label] for label in labels])
 
     def related(self, label: str) -> list[str]:
-        """``label`` and its synonyms (also labels that list ``label`` as a synonym)."""
-        out = [label, *self.synonyms.get(label, [])]
-        out += [key for key, values in self.synonyms.items() if label in values]
+        """``label``, its synonyms and paraphrases, and the labels that list ``label`` as one of theirs."""
+        out = [label]
+        for names in (self.synonyms, self.paraphrases):
+            out += names.get(label, [])
+            out += [key for key, values in names.items() if label in values]
         return list(dict.fromkeys(out))
 
     def forbidden_negatives(self, labels: Iterable[str]) -> frozenset[str]:
@@ -212,7 +219,7 @@ class LabelSampler:
         unknown = set(record.unknown_labels)
         positives = []
         for label in truth:
-            options = self.synonyms.get(label)
+            options = self.paraphrases.get(label)
             if options and cfg.paraphrase_prob > 0 and rng.random() < cfg.paraphrase_prob:
                 label = rng.choice(options)
             positives.append(label)
@@ -235,7 +242,7 @@ class LabelSampler:
     def describe(self) -> dict[str, Any]:
         """What was sampled from (for training_metrics.json)."""
         return {**asdict(self.config), "vocabulary_size": len(self.vocabulary), "synonyms": self.synonyms,
-                "similarity_filter": self.embed is not None}
+                "paraphrases": self.paraphrases, "similarity_filter": self.embed is not None}
 
 
 def build_label_sampler(
@@ -246,14 +253,26 @@ def build_label_sampler(
     synonyms: Mapping[str, Sequence[str]] | None = None,
     embed: Embed | None = None,
     config: LabelSamplingConfig | None = None,
+    paraphrases_file: str | os.PathLike[str] | None = None,
+    paraphrases: Mapping[str, Sequence[str]] | None = None,
 ) -> LabelSampler:
-    """A ``LabelSampler`` over the built-in vocabulary (unless ``builtin=False``) plus label files."""
+    """A ``LabelSampler`` over the built-in vocabulary (unless ``builtin=False``) plus label files; each map is
+    the file's entries merged with the given ones. No paraphrase map at all => renames come from the synonyms."""
     vocabulary = builtin_vocabulary() if builtin else []
     for path in negative_label_files:
         vocabulary += read_label_file(path)
     if not vocabulary:
         raise DataError("label sampling needs a vocabulary: the built-in one or --negative-labels FILE")
-    merged = dict(read_synonyms(synonyms_file)) if synonyms_file is not None else {}
-    for label, values in (synonyms or {}).items():
+    merged_paraphrases = None
+    if paraphrases_file is not None or paraphrases is not None:
+        merged_paraphrases = merge_maps(read_synonyms(paraphrases_file) if paraphrases_file else {}, paraphrases)
+    merged = merge_maps(read_synonyms(synonyms_file) if synonyms_file is not None else {}, synonyms)
+    return LabelSampler(vocabulary, merged, embed, config, paraphrases=merged_paraphrases)
+
+
+def merge_maps(first: Mapping[str, Sequence[str]], second: Mapping[str, Sequence[str]] | None) -> dict[str, list[str]]:
+    """Two label -> names maps as one (names of a label in both: ``first``'s, then ``second``'s new ones)."""
+    merged = {label: list(values) for label, values in first.items()}
+    for label, values in (second or {}).items():
         merged[label] = list(dict.fromkeys([*merged.get(label, []), *values]))
-    return LabelSampler(vocabulary, merged, embed, config)
+    return merged
