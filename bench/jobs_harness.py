@@ -81,7 +81,8 @@ class TreeSampler:
     Also the peak *private* memory (RSS minus shared pages) of the driver and of the largest worker:
     Ray workers map the shared-memory object store, whose pages count in their RSS as they read
     blocks from it, so RSS alone grows with the data a worker has touched, not with what it holds.
-    ``samples`` keeps each sample's private MB (driver, JVM, largest worker, largest other process).
+    ``samples`` keeps each sample's private MB (driver, JVM, largest worker, largest other process) and the
+    largest worker's process title (``worker_name``: which Ray stage or Spark worker it is at that moment).
     """
 
     def __init__(self, pid: int, worker_markers: tuple[str, ...]) -> None:
@@ -116,6 +117,7 @@ class TreeSampler:
                 break
             driver = jvm = worker = total = driver_private = worker_private = jvm_private = 0.0
             other_private = total_private = 0.0
+            worker_name = ""
             for proc in procs:
                 try:
                     info = proc.memory_info()
@@ -133,7 +135,7 @@ class TreeSampler:
                 elif any(m in cmd for m in self.markers):
                     worker = max(worker, rss)
                     if private > worker_private:
-                        worker_private = private
+                        worker_private, worker_name = private, " ".join(cmd.split())[:60]
                         if private > self.peak["worker_private_mb"]:
                             self.largest_worker = cmd[:80]
                 elif private > other_private:  # raylet, GCS, dashboard: the rest of the tree
@@ -141,7 +143,8 @@ class TreeSampler:
                     if private > self.peak["other_private_mb"]:
                         self.largest_other = cmd[:80]
             sample = {"t": round(time.perf_counter() - start, 1), "driver": round(driver_private, 1),
-                      "jvm": round(jvm_private, 1), "worker": round(worker_private, 1), "other": round(other_private, 1)}
+                      "jvm": round(jvm_private, 1), "worker": round(worker_private, 1), "other": round(other_private, 1),
+                      "worker_name": worker_name}
             self.samples.append(sample)
             for key, value in (("driver_rss_mb", driver), ("jvm_rss_mb", jvm), ("worker_rss_mb", worker),
                                ("tree_rss_mb", total), ("driver_private_mb", driver_private),
