@@ -17,8 +17,11 @@ scored on three label sets (columns):
 
 - ``gliclass_untrained``: GLiClass-MiniLM straight from ``init_from_encoder`` (similarity heads).
 - ``gliclass_fewshot``: the same after few-shot fine-tuning with label-set augmentation (the recipe;
-  8 and 32 shots per label): every step scores each article against a sampled label set.
-- ``gliclass_fewshot_fixed_labels``: the previous recipe, every step on exactly the five names.
+  8 and 32 shots per label): every step scores each article against a sampled label set, its topic renamed
+  half the time to one of ``BBC_PARAPHRASES`` (no word in common with the paraphrase column's names).
+- ``gliclass_fewshot_no_paraphrases`` (in the stored results only, not run by this script any more): the same
+  label sampling without renaming the topic (``paraphrase_prob`` 0, the recipe before 8d959c5).
+- ``gliclass_fewshot_fixed_labels``: the earlier recipe, every step on exactly the five names.
 - ``embedding_zeroshot``: MiniLM mean-pooled cosine between the article and each label name.
 - ``embedding_logreg``: logistic regression on MiniLM embeddings of the same shots (closed-set: it cannot
   take other label names, so its paraphrase and distractor columns are null).
@@ -52,7 +55,7 @@ import torch  # noqa: E402
 from gliclass_dist.demo_data import BBC_TOPICS, fewshot_split, load_bbc, minilm_path  # noqa: E402
 from gliclass_dist.model.inputs import InputBuilder  # noqa: E402
 from gliclass_dist.train.data import TrainRecord, records_from_dicts  # noqa: E402
-from gliclass_dist.train.demo_model import BBC_SYNONYMS, LABEL_SAMPLING  # noqa: E402
+from gliclass_dist.train.demo_model import BBC_PARAPHRASES, BBC_SYNONYMS, LABEL_SAMPLING  # noqa: E402
 from gliclass_dist.train.init_model import init_from_encoder  # noqa: E402
 from gliclass_dist.train.label_sampling import LabelEmbedder, LabelSampler, build_label_sampler  # noqa: E402
 from gliclass_dist.train.metrics import evaluate, f1_scores, macro_f1_over  # noqa: E402
@@ -102,6 +105,12 @@ def check_held_out(sampler: LabelSampler) -> dict[str, Any]:
     trained |= {s.casefold() for values in sampler.synonyms.values() for s in values} | {t.casefold() for t in BBC_TOPICS}
     for name in [*PARAPHRASES.values(), *DISTRACTORS]:
         assert name.casefold() not in trained, f"evaluation label {name!r} is a training label"
+    # training names (paraphrases): no word in common with an evaluation paraphrase, beyond little words
+    evaluation_words = {w.strip(",").casefold() for name in PARAPHRASES.values() for w in name.split()} - {"and", "the"}
+    for values in sampler.paraphrases.values():
+        for name in values:
+            shared = evaluation_words & {w.strip(",").casefold() for w in name.split()}
+            assert not shared, f"training paraphrase {name!r} shares {sorted(shared)} with the evaluation's names"
     if sampler.embed is None:
         return {}
     vocab = sampler.embed(sampler.vocabulary)
@@ -249,7 +258,7 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean macro-F1 and per-seed values for each (method, shots), per evaluation column."""
     order = ["gliclass_untrained", "embedding_zeroshot", "gliclass_untrained_random_heads",
              "gliclass_fewshot_reference_recipe", "embedding_logreg", "gliclass_fewshot_fixed_labels",
-             "gliclass_fewshot"]
+             "gliclass_fewshot_no_paraphrases", "gliclass_fewshot"]
     summary = []
     for method in order:
         for shots in sorted({r["shots"] for r in results if r["method"] == method}):
@@ -408,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         plot_fewshot(payload["summary"], args.out / "fewshot_bbc.png")
 
     embedder = LabelEmbedder(encoder, args.device, max_length=MAX_LENGTH)
-    sampler = build_label_sampler(synonyms=BBC_SYNONYMS, embed=embedder, config=LABEL_SAMPLING)
+    sampler = build_label_sampler(synonyms=BBC_SYNONYMS, paraphrases=BBC_PARAPHRASES, embed=embedder,
+                                  config=LABEL_SAMPLING)
     setup["label_sampling"] = sampler.describe()
     setup["evaluation_columns"] = {
         "names": BBC_TOPICS, "paraphrases": PARAPHRASES, "distractors": DISTRACTORS,
