@@ -1,13 +1,13 @@
 """Label-set augmentation: every time a training item is batched, sample the labels it is scored against.
 
-A sampled label set holds the item's true labels (each optionally replaced by a paraphrase: from a
-user paraphrase map, else from the synonym map), a random subset of the task's other labels (the item's known negatives), and
-negatives drawn from a label vocabulary (the built-in ``label_vocabulary.txt`` plus user files), in
-random order and of random size. This keeps a fine-tuned model zero-shot: it learns to reject labels
+A sampled label set holds the item's true labels (each optionally renamed to a paraphrase: from a user
+paraphrase map, else from the synonym map), a random subset of the task's other labels (the item's known
+negatives), and negatives drawn from a label vocabulary (the built-in ``label_vocabulary.txt`` plus user
+files), in random order and of random size. This keeps a fine-tuned model zero-shot: it learns to reject labels
 it was not trained on instead of memorising one fixed label set.
 
-Negatives never include a row's true labels, its unknown labels, their synonyms and paraphrases, or any vocabulary
-label whose embedding cosine similarity to one of those is at or above ``similarity_threshold``
+Negatives never include a row's true labels, its unknown labels, their synonyms and paraphrases, or any
+vocabulary label whose embedding cosine similarity to one of those is at or above ``similarity_threshold``
 (so "finance" or "economy" is never a negative for a business article). The model learns whatever
 the negatives say; a near-synonym drawn as a negative teaches it to reject paraphrases.
 """
@@ -62,7 +62,7 @@ def builtin_vocabulary() -> list[str]:
 
 
 def read_synonyms(path: str | os.PathLike[str]) -> dict[str, list[str]]:
-    """A synonym or paraphrase map from JSON ``{"label": ["name", ...], ...}``; errors name the file and the bad entry."""
+    """A synonym or paraphrase map from JSON ``{"label": ["name", ...], ...}``; errors name the file and entry."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: label map file (synonyms or paraphrases) does not exist")
