@@ -80,3 +80,20 @@ class RayHead:
                     p.kill()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
+
+
+AGENT_NOT_READY = "No available agent to submit job"
+
+
+def submit_job(cmd: list[str], *, timeout_s: float = 540, agent_wait_s: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    """Run a ``ray job submit`` command line, again while the head answers that no job agent is up yet.
+
+    A fresh head serves the Jobs API before its node's agent has registered; on a loaded machine the first
+    submit can get Ray's "No available agent to submit job, please try again later" (nothing was submitted).
+    """
+    deadline = time.monotonic() + agent_wait_s
+    while True:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, **kwargs)
+        if done.returncode == 0 or AGENT_NOT_READY not in done.stdout + done.stderr or time.monotonic() > deadline:
+            return done
+        time.sleep(3)

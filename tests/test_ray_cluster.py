@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from cluster_helpers import RayHead
+from cluster_helpers import RayHead, submit_job
 
 from gliclass_dist.spec import JobSpec
 
@@ -132,7 +131,7 @@ def test_ray_job_submit_runs_the_entrypoint(ray_head: str, tiny_model: Path, tmp
         "--", "python", "jobs/ray_classify.py", "--spec", str(spec_file), "--summary-json", str(summary_file),
     ]  # fmt: skip
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
+    done = submit_job(cmd, cwd=ROOT, env=env)
     logs = done.stdout + done.stderr
     assert done.returncode == 0, logs[-4000:]
     assert "succeeded" in logs.lower(), logs[-4000:]
