@@ -55,9 +55,9 @@ import torch  # noqa: E402
 from gliclass_dist.demo_data import BBC_TOPICS, fewshot_split, load_bbc, minilm_path  # noqa: E402
 from gliclass_dist.model.inputs import InputBuilder  # noqa: E402
 from gliclass_dist.train.data import TrainRecord, records_from_dicts  # noqa: E402
-from gliclass_dist.train.demo_model import BBC_PARAPHRASES, BBC_SYNONYMS, LABEL_SAMPLING  # noqa: E402
+from gliclass_dist.train.demo_model import demo_label_sampler  # noqa: E402
 from gliclass_dist.train.init_model import init_from_encoder  # noqa: E402
-from gliclass_dist.train.label_sampling import LabelEmbedder, LabelSampler, build_label_sampler  # noqa: E402
+from gliclass_dist.train.label_sampling import LabelEmbedder, LabelSampler  # noqa: E402
 from gliclass_dist.train.metrics import evaluate, f1_scores, macro_f1_over  # noqa: E402
 from gliclass_dist.train.ppo import PPOConfig, train_ppo  # noqa: E402
 from gliclass_dist.train.supervised import SupervisedConfig, train_supervised  # noqa: E402
@@ -417,8 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_fewshot(payload["summary"], args.out / "fewshot_bbc.png")
 
     embedder = LabelEmbedder(encoder, args.device, max_length=MAX_LENGTH)
-    sampler = build_label_sampler(synonyms=BBC_SYNONYMS, paraphrases=BBC_PARAPHRASES, embed=embedder,
-                                  config=LABEL_SAMPLING)
+    sampler = demo_label_sampler(embedder)
     setup["label_sampling"] = sampler.describe()
     setup["evaluation_columns"] = {
         "names": BBC_TOPICS, "paraphrases": PARAPHRASES, "distractors": DISTRACTORS,

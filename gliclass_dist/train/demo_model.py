@@ -30,6 +30,7 @@ from gliclass_dist.model.inputs import InputBuilder
 from gliclass_dist.train.data import records_from_dicts
 from gliclass_dist.train.init_model import init_from_encoder
 from gliclass_dist.train.label_sampling import (
+    Embed,
     LabelSampler,
     LabelSamplingConfig,
     build_label_sampler,
@@ -72,11 +73,11 @@ LABEL_SAMPLING = LabelSamplingConfig(min_other=1, min_negatives=2, max_negatives
                                      similarity_threshold=0.45)
 
 
-def demo_label_sampler(device: str = "cpu") -> LabelSampler:
-    """The demo recipe's ``LabelSampler``: the built-in vocabulary, ``BBC_SYNONYMS``, ``BBC_PARAPHRASES``,
-    ``LABEL_SAMPLING`` and MiniLM's label similarity."""
-    return build_label_sampler(synonyms=BBC_SYNONYMS, paraphrases=BBC_PARAPHRASES,
-                               embed=default_embedder(device=device), config=LABEL_SAMPLING)
+def demo_label_sampler(embed: Embed | None = None, device: str = "cpu") -> LabelSampler:
+    """The demo recipe's ``LabelSampler``: the built-in vocabulary, ``BBC_SYNONYMS``, ``BBC_PARAPHRASES`` and
+    ``LABEL_SAMPLING``, with ``embed`` (default: MiniLM on ``device``) for label similarity."""
+    embed = embed if embed is not None else default_embedder(device=device)
+    return build_label_sampler(synonyms=BBC_SYNONYMS, paraphrases=BBC_PARAPHRASES, embed=embed, config=LABEL_SAMPLING)
 
 
 def build_demo_model(
@@ -114,7 +115,7 @@ def build_demo_model(
         logger.info("untrained (similarity heads) held-out macro-F1 %.4f", untrained)
     sampler = None
     if label_sampling:
-        sampler = demo_label_sampler(device)
+        sampler = demo_label_sampler(device=device)
     cfg = SupervisedConfig(
         epochs=1, min_steps=steps, max_steps=steps, batch_size=8, head_lr=1e-3, encoder_lr=3e-5, warmup_ratio=0.1,
         loss="focal", max_length=256, seed=seed, eval_every=0, device=device, progress=progress,
