@@ -147,6 +147,11 @@ def test_best_threshold_and_ece_on_hand_made_scores() -> None:
     # one negative (0.8) above a positive (0.6): the best F1 keeps 0.6 too, cut between 0.1 and 0.6
     threshold, f1 = best_threshold([0.1, 0.6, 0.9, 0.8], [False, True, True, False])
     assert threshold == pytest.approx(0.35) and f1 == pytest.approx(0.8)
+    # the threshold is what a label-set file stores: 4 decimals where the gap allows, more where it is narrower
+    # (a tiny model's scores 2e-5 apart once lost a row to a threshold rounded out of its gap)
+    assert best_threshold([0.1, 0.90123], [False, True])[0] == 0.5006
+    threshold, _ = best_threshold([0.2, 0.500011, 0.500019, 0.9], [False, False, True, True])
+    assert 0.500011 < threshold <= 0.500019 and threshold == round(threshold, 6)
     assert expected_calibration_error([0.1, 0.9], [0, 1]) == pytest.approx(0.1)
     assert expected_calibration_error([0.95] * 10, [1] * 10) == pytest.approx(0.05)
     with pytest.raises(ValueError):

@@ -378,7 +378,8 @@ def best_threshold(scores: Sequence[float], truth: Sequence[bool]) -> tuple[floa
     """(threshold, F1) maximising the F1 of ``score >= threshold`` over the given rows.
 
     Every threshold within one gap between consecutive distinct scores gives the same predictions; among the
-    gaps that reach the best F1, consecutive ones are merged and the middle of the widest span is returned.
+    gaps that reach the best F1, consecutive ones are merged and the middle of the widest span is returned,
+    rounded to the fewest decimals (4 at least) that keep it inside the span, so the stored value cuts as found.
     """
     values = np.asarray(scores, dtype=np.float64)
     positive = np.asarray(truth, dtype=bool)
@@ -396,7 +397,10 @@ def best_threshold(scores: Sequence[float], truth: Sequence[bool]) -> tuple[floa
         else:
             spans.append((int(k), int(k)))
     lo, hi = max(spans, key=lambda span: edges[span[1] + 1] - edges[span[0]])
-    return float((edges[lo] + edges[hi + 1]) / 2), float(f1.max())
+    low, high = float(edges[lo]), float(edges[hi + 1])
+    middle = (low + high) / 2
+    threshold = next((r for r in (round(middle, d) for d in range(4, 18)) if low < r <= high), middle)
+    return threshold, float(f1.max())
 
 
 def suggest_thresholds(
@@ -452,7 +456,7 @@ def suggest_thresholds(
             entry["kept_default"] = "no negative row"
         else:
             threshold, best = best_threshold(s, t)
-            thresholds[label] = round(threshold, 4)
+            thresholds[label] = threshold
             entry.update(threshold=thresholds[label], f1_at_threshold=round(best, 4))
         report[label] = entry
     return ThresholdSuggestion(thresholds=thresholds, labels=order, report=report, default=default)
