@@ -53,27 +53,54 @@ def build_reference_checkpoint(path: Path, backbone: str, **options) -> Path:
     """A random-weight model built and saved by the reference package."""
     tok = _tokenizer(backbone)
     config = reference_config(tok, tiny_encoder_config(backbone, len(tok)), "tiny-encoder", **options)
-    torch.manual_seed(0)
-    model = follow_intended_math(gliclass.GLiClassModel(config))
-    # give every parameter a spread so that scorers are far from constant
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "LayerNorm" not in name and "layernorm" not in name.lower():
-                p.add_(torch.randn_like(p) * 0.1)
-        # keep logits in a range where probabilities are not saturated, so the comparison means something
-        probe = tok(["The bank raised rates<<LABEL>>business<<LABEL>>sport<<SEP>>"], return_tensors="pt")
-        model.eval()
-        for _ in range(30):
-            logits = model(**probe, max_num_classes=2).logits
-            if logits.abs().max() < 4:
-                break
-            for p in model.model.classes_projector.linear_2.parameters():
-                p.mul_(0.6)
-            for p in model.model.text_projector.linear_2.parameters():
-                p.mul_(0.6)
+    model = random_reference_model(config, tok, follow_intended_math)
     model.save_pretrained(str(path))
     tok.save_pretrained(str(path))
     return path
+
+
+PROBE_LABELS = [*LABELS, *(f"{w} topic" for w in "alpha beta gamma delta kappa sigma omega zeta".split()),
+                *(f"label {i}" for i in range(27))]  # 40 labels: the most any parity test scores at once
+
+
+def _probe_logits(model, probes) -> list[torch.Tensor]:
+    return [model(**inputs, max_num_classes=n).logits for inputs, n in probes]
+
+
+def random_reference_model(config, tokenizer, wrap=lambda model: model, limit: float = 4.0):
+    """A random-weight reference ``GLiClassModel`` whose scores vary and are not saturated on the tests' inputs.
+
+    Every parameter gets extra spread, then the projectors' output layers (and an MLP scorer's last layer)
+    shrink until every logit of ``TEXTS`` against 5 and 40 labels, with and without a prompt, is within
+    +-``limit``. A draw whose scores still do not vary (a scorer or calibrator that maps everything to one
+    value) is redrawn with the next seed, so that the comparisons mean something.
+    """
+    for seed in range(8):
+        torch.manual_seed(seed)
+        model = wrap(gliclass.GLiClassModel(config)).eval()
+        pipe = gliclass.ZeroShotClassificationPipeline(model, tokenizer, device="cpu", progress_bar=False).pipe
+        probes = [(pipe.prepare_inputs(TEXTS, labels, same_labels=True, prompt=prompt), len(labels))
+                  for labels in (LABELS, PROBE_LABELS) for prompt in (None, "Classify the topic:")]
+
+        # the projectors' output layers and, for the MLP-style scorers, the scorer's last layer (its logit)
+        scorer_layers = [m for m in model.model.scorer.modules() if isinstance(m, torch.nn.Linear)]
+        shrinkable = [*model.model.text_projector.linear_2.parameters(),
+                      *model.model.classes_projector.linear_2.parameters(),
+                      *(scorer_layers[-1].parameters() if scorer_layers and scorer_layers[-1].out_features == 1 else ())]
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "layernorm" not in name.lower():
+                    p.add_(torch.randn_like(p) * 0.1)
+            for _ in range(40):
+                if max(float(x.abs().max()) for x in _probe_logits(model, probes)) < limit:
+                    break
+                for p in shrinkable:
+                    p.mul_(0.6)
+            scores = [torch.sigmoid(x) for x in _probe_logits(model, probes)]
+            saturated = max(float(x.abs().max()) for x in _probe_logits(model, probes)) >= 2 * limit
+        if not saturated and min(float(x.max() - x.min()) for x in scores) > 1e-3:
+            return model
+    raise AssertionError(f"no random draw of {config.architecture_type} / {config.scorer_type} gives varied scores")
 
 
 def follow_intended_math(model):

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-import torch
 
 gliclass = pytest.importorskip("gliclass")
 
 from parity_helpers import LABELS as LABELS_5  # noqa: E402
-from parity_helpers import TEXTS, TOLERANCE, max_error, ours, reference_config, spread  # noqa: E402
+from parity_helpers import TEXTS, TOLERANCE, max_error, ours, random_reference_model, reference_config, spread  # noqa: E402
 
 from gliclass_dist.encode import EncodedBatch, encode_arrow  # noqa: E402
 from gliclass_dist.engine import Classifier  # noqa: E402
@@ -47,19 +46,7 @@ def build_reference_bi_encoder(path: Path, architecture: str, **options) -> Path
         architecture_type=architecture,
         **options,
     )
-    torch.manual_seed(0)
-    model = gliclass.GLiClassModel(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "layernorm" not in name.lower():
-                p.add_(torch.randn_like(p) * 0.1)
-        pipe = gliclass.ZeroShotClassificationPipeline(model, text_tok, device="cpu", progress_bar=False)
-        for _ in range(40):  # unsaturated logits, so that the comparison means something
-            inputs = pipe.pipe.prepare_inputs(TEXTS[:2], LABELS_5, same_labels=True)
-            if model(**inputs).logits.abs().max() < 4:
-                break
-            for p in (*model.model.text_projector.linear_2.parameters(), *model.model.classes_projector.linear_2.parameters()):
-                p.mul_(0.6)
+    model = random_reference_model(config, text_tok)
     model.save_pretrained(str(path))
     text_tok.save_pretrained(str(path))
     return path

@@ -294,3 +294,23 @@ def test_cuda_request_without_gpu_falls_back_to_cpu(tiny_model, caplog, monkeypa
         clf = Classifier.from_pretrained(tiny_model, device="auto")
     assert clf.device.type == "cpu"
     assert "falling back to CPU" in caplog.text
+
+
+def test_tiny_checkpoints_are_the_same_in_every_process():
+    """The tiny models every test runs on: same vocabulary and weights in each process (the ``tokenizers``
+    trainers broke ties differently per process, so tiny models, and the tests' thresholds, varied run to run)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import hashlib, json, torch\n"
+        "from gliclass_dist.model.tiny import build_tiny_model\n"
+        "for backbone in ('bert', 'deberta-v2'):\n"
+        "    model, tok = build_tiny_model(backbone)\n"
+        "    vocab = json.dumps(sorted(tok.get_vocab().items()))\n"
+        "    weights = sum(float(p.double().sum()) for p in model.parameters())\n"
+        "    print(backbone, hashlib.sha256(vocab.encode()).hexdigest(), f'{weights:.10e}')\n"
+    )
+    runs = [subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True).stdout
+            for _ in range(2)]
+    assert runs[0].count("\n") == 2 and runs[0] == runs[1]

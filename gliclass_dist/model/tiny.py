@@ -1,6 +1,6 @@
 """Tiny, real GLiClass checkpoints built on the spot (tests, examples, benchmarks of the plumbing).
 
-The tokenizer is trained here with ``tokenizers`` on a small built-in corpus, the label tokens are
+The tokenizer's vocabulary is built here from a small built-in corpus (the same in every process), the label tokens are
 added as special tokens, and a 2-layer BERT or DeBERTa-v2 backbone of hidden size 32 is wrapped in
 a GLiClass model with random weights. The result is saved in the published layout (~200 KB) and
 loads through the same path as a released checkpoint.
@@ -8,12 +8,15 @@ loads through the same path as a released checkpoint.
 
 from __future__ import annotations
 
+import math
 import os
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import BertConfig, DebertaV2Config, PreTrainedTokenizerFast
 
 from gliclass_dist.model.config import SPECIAL_TOKENS, GLiClassConfig
@@ -38,24 +41,44 @@ CORPUS = [
 ]
 
 
-def train_tokenizer(kind: Literal["wordpiece", "unigram"] = "wordpiece", vocab_size: int = 400) -> PreTrainedTokenizerFast:
-    """A small fast tokenizer with [CLS]/[SEP]/[PAD]/[UNK]/[MASK] and the GLiClass tokens added last."""
+def train_tokenizer(
+    kind: Literal["wordpiece", "unigram"] = "wordpiece", vocab_size: int = 400, texts: Sequence[str] = CORPUS
+) -> PreTrainedTokenizerFast:
+    """A small fast tokenizer with [CLS]/[SEP]/[PAD]/[UNK]/[MASK] and the GLiClass tokens added last.
+
+    The vocabulary is built from ``texts`` the same way in every process: the special tokens, every character
+    (and its ``##`` continuation for WordPiece), then the most frequent words whole (ties in alphabetical order)
+    up to ``vocab_size``. The ``tokenizers`` trainers break ties differently from one process to the next, which
+    made every tiny model, and the tests on it, differ from run to run.
+    """
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     if kind == "wordpiece":
-        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        normalizer, splitter = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    elif kind == "unigram":  # sentencepiece-style, like DeBERTa-v3
+        normalizer = normalizers.NFKC()
+        splitter = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    else:
+        raise ValueError(f"kind must be 'wordpiece' or 'unigram', got {kind!r}")
+    counts = Counter(w for text in texts for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = Counter(c for word, n in counts.items() for c in word * n)
+    ranked = sorted(counts, key=lambda word: (-counts[word], word))
+    if kind == "wordpiece":
+        pieces = list(dict.fromkeys([*specials, *sorted(chars), *(f"##{c}" for c in sorted(chars))]))
+        pieces += [w for w in ranked if w not in set(pieces)][: max(vocab_size - len(pieces), 0)]
+        tok = Tokenizer(models.WordPiece({piece: i for i, piece in enumerate(pieces)}, unk_token="[UNK]"))
         tok.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
-    else:  # sentencepiece-style, like DeBERTa-v3
-        tok = Tokenizer(models.Unigram())
-        tok.normalizer = normalizers.NFKC()
-        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    else:
+        # log-frequency scores; a character costs more than any word, so the whole word wins where it is known
+        total_words, total_chars = sum(counts.values()), sum(chars.values())
+        floor = math.log(1 / total_words) - 1.0
+        scored = [(piece, 0.0) for piece in specials]
+        scored += [(c, floor + math.log(chars[c] / total_chars)) for c in sorted(chars)]
+        known = {piece for piece, _ in scored}
+        words = [w for w in ranked if w not in known][: max(vocab_size - len(scored), 0)]
+        scored += [(w, math.log(counts[w] / total_words)) for w in words]
+        tok = Tokenizer(models.Unigram(scored, unk_id=specials.index("[UNK]")))
         tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
-        trainer = trainers.UnigramTrainer(
-            vocab_size=vocab_size, special_tokens=specials, unk_token="[UNK]", show_progress=False
-        )
-    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
+    tok.normalizer, tok.pre_tokenizer = normalizer, splitter
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
