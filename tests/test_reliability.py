@@ -365,8 +365,8 @@ def test_ray_driver_sigkill_mid_run_then_rerun_lands_each_row_once(
     import shutil
     import tempfile
 
-    rows = 400
-    write_kill_input(tmp_path / "in", rows)
+    rows = 2000  # 40 batches: the last file is staged seconds after the first (with 400 the job once committed
+    write_kill_input(tmp_path / "in", rows)  # between the test seeing the first file and its kill)
     sink = tmp_path / "out"
     spec_path = write_kill_spec(tmp_path / "job.yaml", tiny_model, tmp_path / "in", sink, "ray-kill")
     summary_path = tmp_path / "summary.json"
