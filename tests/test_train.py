@@ -108,6 +108,30 @@ def test_training_is_reproducible_for_a_seed():
     assert any(not torch.equal(states[0][k], v) for k, v in start.state_dict().items())  # it did train
 
 
+def test_averaged_runs_end_as_the_mean_of_the_runs_trained_alone(tmp_path):
+    records = records_from_dicts(topic_records())
+    start, tokenizer = build_tiny_model("bert", seed=3)
+    alone = []
+    for seed in (7, 1007):  # run k of an averaged training uses seed + 1000 k
+        model = copy.deepcopy(start)
+        steps = train_supervised(model, tokenizer, records, None, quick_cfg(min_steps=4, seed=seed)).steps
+        alone.append(model.state_dict())
+    model = copy.deepcopy(start)
+    result = train_supervised(model, tokenizer, records, records, quick_cfg(min_steps=4, seed=7, average_runs=2),
+                              out_dir=tmp_path / "soup")
+    averaged = model.state_dict()
+    assert any(not torch.equal(alone[0][k], alone[1][k]) for k in averaged)  # the two runs differ
+    for k, v in averaged.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, (alone[0][k] + alone[1][k]) / 2, rtol=1e-5, atol=1e-6)
+    assert result.steps == 2 * steps and result.history[-1]["averaged_runs"] == 2
+    assert result.final_eval is not None and result.final_eval["macro_f1"] == result.history[-1]["macro_f1"]
+    metrics = json.loads((tmp_path / "soup" / "training_metrics.json").read_text())
+    assert metrics["config"]["average_runs"] == 2 and {h.get("run") for h in metrics["history"][:-1]} == {1, 2}
+    with pytest.raises(ValueError, match="average_runs"):
+        train_supervised(model, tokenizer, records, None, quick_cfg(average_runs=0))
+
+
 def test_saved_checkpoint_reloads_and_scores_identically(plain_encoder, tmp_path):
     from gliclass_dist.train.init_model import init_from_encoder
 
@@ -404,10 +428,12 @@ def test_train_cli_end_to_end(plain_encoder, tmp_path, capsys):
     out = tmp_path / "model"
     code = main(["train", "--base", str(plain_encoder), "--data", str(data), "--eval", str(data), "--out", str(out),
                  "--epochs", "2", "--min-steps", "4", "--batch-size", "4", "--shots-per-label", "2", "--no-progress",
-                 "--device", "cpu"])
+                 "--device", "cpu", "--average-runs", "2"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["out"] == str(out) and 0.0 <= summary["macro_f1"] <= 1.0
+    metrics = json.loads((out / "training_metrics.json").read_text())
+    assert metrics["config"]["average_runs"] == 2 and metrics["history"][-1]["averaged_runs"] == 2
     assert Classifier.from_pretrained(out, device="cpu").classify(["the bank"], LABELS)[0].status == "ok"
     # PPO continues from the GLiClass checkpoint just written
     out2 = tmp_path / "ppo"

@@ -54,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sup.add_argument("--focal-alpha", type=float, default=0.5)
     sup.add_argument("--focal-gamma", type=float, default=2.0)
     sup.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (0: at the end only)")
+    sup.add_argument("--average-runs", type=int, default=1, metavar="N",
+                     help="train N runs from the same start (seeds SEED, SEED+1000, ...) and save the mean of their "
+                          "weights (steadier on label names it never saw; N times the training time)")
     sup.add_argument(
         "--head-init",
         choices=["similarity", "random"],
@@ -185,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
             focal_gamma=args.focal_gamma,
             eval_every=args.eval_every,
             threshold=args.threshold,
+            average_runs=args.average_runs,
             **common,
         )
         result = train_supervised(model, tokenizer, train_records, eval_records, cfg, out_dir=args.out,

@@ -5,7 +5,8 @@ both masked by the label mask (padded slots and ``unknown_labels`` do not count)
 learning rate for the encoder and another for the heads (projectors, scorer, logit scale), linear
 warm-up then linear decay, gradient accumulation and clipping, evaluation (micro/macro F1) every
 ``eval_every`` epochs, and checkpoints in the published layout. Runs are reproducible on CPU for a
-given seed: item order, label shuffles and dropout all draw from seeded generators.
+given seed: item order, label shuffles and dropout all draw from seeded generators. ``average_runs``
+trains several runs from the same start and keeps the mean of their weights (a uniform model soup).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from gliclass_dist.train.losses import compute_loss
 from gliclass_dist.train.metrics import evaluate
 
 logger = logging.getLogger(__name__)
+
+RUN_SEED_STRIDE = 1000  # run k of an averaged training uses seed + k * RUN_SEED_STRIDE
 
 
 @dataclass
@@ -68,6 +71,7 @@ class SupervisedConfig(RunSettings):
     shuffle_labels: bool = True
     eval_every: int = 1  # epochs; 0 = only after the last epoch
     eval_mode: str = "auto"
+    average_runs: int = 1  # > 1: that many runs from the same start (seeds seed, seed + 1000, ...), weights averaged
 
 
 @dataclass
@@ -155,30 +159,78 @@ def train_supervised(
 
     With ``label_sampler``, each item is scored against a freshly sampled label set every time it is
     batched (its true labels, some of its other labels, vocabulary negatives); evaluation uses the
-    records' own label sets.
+    records' own label sets. With ``cfg.average_runs`` N > 1, N runs start from the same weights with seeds
+    ``seed``, ``seed + 1000``, ... and the model ends as the mean of their weights (a uniform model soup),
+    which is then evaluated.
     """
     cfg = cfg or SupervisedConfig()
     if not train_records:
         raise ValueError("no training records")
     if cfg.loss not in ("focal", "bce", "ce"):
         raise ValueError(f"loss must be focal, bce or ce; got {cfg.loss!r}")
-    seed_everything(cfg.seed)
-    rng = random.Random(cfg.seed)
+    if cfg.average_runs < 1:
+        raise ValueError(f"average_runs must be >= 1, got {cfg.average_runs}")
     device = torch.device(cfg.device)
     model.to(device=device, dtype=torch.float32)
     model.config.problem_type = "single_label_classification" if cfg.loss == "ce" else "multi_label_classification"
     builder = InputBuilder(tokenizer, model.config, cfg.max_length)
+    result = TrainResult()
+    started = time.perf_counter()
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.average_runs > 1 else None
+    total: dict[str, torch.Tensor] = {}
+    for run in range(cfg.average_runs):
+        if start is not None:
+            model.load_state_dict(start)
+            logger.info("run %d of %d (seed %d)", run + 1, cfg.average_runs, cfg.seed + RUN_SEED_STRIDE * run)
+        # one run alone evaluates as it goes; averaged runs are evaluated once, after the average
+        _fit(model, builder, train_records, eval_records if start is None else None, cfg,
+             cfg.seed + RUN_SEED_STRIDE * run, device, result, on_step, label_sampler, run)
+        if start is not None:
+            for k, v in model.state_dict().items():
+                if v.is_floating_point():
+                    total[k] = total[k] + v.detach() if k in total else v.detach().clone()
+    if start is not None:
+        model.load_state_dict({**model.state_dict(), **{k: v / cfg.average_runs for k, v in total.items()}})
+        entry: dict[str, Any] = {"averaged_runs": cfg.average_runs, "step": result.steps}
+        if eval_records:
+            result.final_eval = evaluate(model, builder, eval_records, cfg.eval_mode, cfg.threshold, device=str(device))
+            entry.update(micro_f1=result.final_eval["micro_f1"], macro_f1=result.final_eval["macro_f1"])
+            logger.info("mean of %d runs: micro-F1 %.4f macro-F1 %.4f", cfg.average_runs,
+                        entry["micro_f1"], entry["macro_f1"])
+        result.history.append(entry)
+    model.eval()
+    result.seconds = time.perf_counter() - started
+    if out_dir is not None:
+        result.out_dir = str(save_run(model, tokenizer, out_dir, cfg, result, label_sampler))
+    return result
+
+
+def _fit(
+    model: GLiClassModel,
+    builder: InputBuilder,
+    train_records: Sequence[TrainRecord],
+    eval_records: Sequence[TrainRecord] | None,
+    cfg: SupervisedConfig,
+    seed: int,
+    device: torch.device,
+    result: TrainResult,
+    on_step: Callable[[int, float], None] | None,
+    label_sampler: LabelSampler | None,
+    run: int,
+) -> None:
+    """One training run from the model's current weights; appends to ``result`` (history, steps, final_eval)."""
+    seed_everything(seed)
+    rng = random.Random(seed)
     optimizer = build_optimizer(model, cfg)
     epochs, total_steps = plan_epochs(len(train_records), cfg)
     scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    result = TrainResult()
-    started = time.perf_counter()
     logger.info(
         "training on %d records for %d epochs (%d steps), batch %d x %d, lr encoder %.1e heads %.1e, loss %s",
         len(train_records), epochs, total_steps, cfg.batch_size, cfg.grad_accum, cfg.encoder_lr, cfg.head_lr, cfg.loss,
     )
     step = 0
-    bar = tqdm(total=total_steps, desc="train", disable=not cfg.progress, leave=False)
+    desc = "train" if cfg.average_runs == 1 else f"train {run + 1}/{cfg.average_runs}"
+    bar = tqdm(total=total_steps, desc=desc, disable=not cfg.progress, leave=False)
     for epoch in range(1, epochs + 1):
         model.train()
         order = list(range(len(train_records)))
@@ -206,10 +258,12 @@ def train_supervised(
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{epoch_losses[-1]:.4f}")
                 if on_step is not None:
-                    on_step(step, epoch_losses[-1])
+                    on_step(result.steps + step, epoch_losses[-1])
                 if step >= total_steps:
                     break
         entry: dict[str, Any] = {"epoch": epoch, "step": step, "loss": sum(epoch_losses) / len(epoch_losses)}
+        if cfg.average_runs > 1:
+            entry["run"] = run + 1
         last = epoch == epochs or step >= total_steps
         if eval_records and ((cfg.eval_every and epoch % cfg.eval_every == 0) or last):
             scores = evaluate(model, builder, eval_records, cfg.eval_mode, cfg.threshold, device=str(device))
@@ -224,12 +278,7 @@ def train_supervised(
         if step >= total_steps:
             break
     bar.close()
-    model.eval()
-    result.steps = step
-    result.seconds = time.perf_counter() - started
-    if out_dir is not None:
-        result.out_dir = str(save_run(model, tokenizer, out_dir, cfg, result, label_sampler))
-    return result
+    result.steps += step
 
 
 def save_run(
