@@ -285,8 +285,9 @@ def plot_fewshot(summary: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(11, 4.8))
-    names = [f"{s['method']}\n({s['shots']} shots)" if s["shots"] else f"{s['method']}\n(zero-shot)" for s in summary]
+    fig, ax = plt.subplots(figsize=(11, 5.4))
+    names = [f"{s['method']}\n({s['shots']} shots)" if s["shots"]
+             else f"{s['method']}\n(zero-shot)" for s in summary]
     bars = [("names", "mean_macro_f1", "#4c72b0"), ("paraphrases", "mean_macro_f1_paraphrases", "#55a868"),
             ("distractors", "mean_macro_f1_distractors", "#c44e52"),
             ("distractors, over the topics", "mean_macro_f1_distractors_topics", "#dd8452")]
@@ -301,7 +302,7 @@ def plot_fewshot(summary: list[dict[str, Any]], path: Path) -> None:
             ax.bar(x + offset, mean, width, color=color, label=None if labelled else column)
             ax.text(x + offset, mean + 0.01, f"{mean:.2f}", ha="center", fontsize=6, rotation=90)
             labelled = True
-    ax.set_xticks(range(len(summary)), names, fontsize=6)
+    ax.set_xticks(range(len(summary)), names, fontsize=6, rotation=25, ha="right")
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("macro-F1 (held-out, mean of seeds)")
     ax.legend(fontsize=7, loc="lower right")
