@@ -1,8 +1,8 @@
 """Tiny, real GLiClass checkpoints built on the spot (tests, examples, benchmarks of the plumbing).
 
-The tokenizer's vocabulary is built here from a small built-in corpus (the same in every process), the label tokens are
-added as special tokens, and a 2-layer BERT or DeBERTa-v2 backbone of hidden size 32 is wrapped in
-a GLiClass model with random weights. The result is saved in the published layout (~200 KB) and
+The tokenizer's vocabulary is built here from a small built-in corpus (the same in every process), the
+label tokens are added as special tokens, and a 2-layer BERT or DeBERTa-v2 backbone of hidden size 32 is
+wrapped in a GLiClass model with random weights. The result is saved in the published layout (~200 KB) and
 loads through the same path as a released checkpoint.
 """
 
@@ -64,7 +64,8 @@ def train_tokenizer(
     ranked = sorted(counts, key=lambda word: (-counts[word], word))
     if kind == "wordpiece":
         pieces = list(dict.fromkeys([*specials, *sorted(chars), *(f"##{c}" for c in sorted(chars))]))
-        pieces += [w for w in ranked if w not in set(pieces)][: max(vocab_size - len(pieces), 0)]
+        known = set(pieces)
+        pieces += [w for w in ranked if w not in known][: max(vocab_size - len(pieces), 0)]
         tok = Tokenizer(models.WordPiece({piece: i for i, piece in enumerate(pieces)}, unk_token="[UNK]"))
         tok.decoder = decoders.WordPiece()
     else:
