@@ -96,8 +96,9 @@ def random_reference_model(config, tokenizer, wrap=lambda model: model, limit: f
                     break
                 for p in shrinkable:
                     p.mul_(0.6)
-            scores = [torch.sigmoid(x) for x in _probe_logits(model, probes)]
-            saturated = max(float(x.abs().max()) for x in _probe_logits(model, probes)) >= 2 * limit
+            logits = _probe_logits(model, probes)
+        saturated = max(float(x.abs().max()) for x in logits) >= 2 * limit
+        scores = [torch.sigmoid(x) for x in logits]
         if not saturated and min(float(x.max() - x.min()) for x in scores) > 1e-3:
             return model
     raise AssertionError(f"no random draw of {config.architecture_type} / {config.scorer_type} gives varied scores")
