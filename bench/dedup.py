@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     started = time.perf_counter()
+    machine = common.machine_info()  # here: it records the load average at the start
     model = args.model or common.throughput_checkpoint()
     texts = duplicated_rows(args.rows, args.chars)
     # the Ray inputs are built first, so that too many --ray-rows fails before the engine runs, not after
@@ -217,7 +218,6 @@ def main(argv: list[str] | None = None) -> int:
     results = engine_runs(texts, model, args.batch_rows, args.rounds)
     if ray_inputs is not None:
         results += ray_runs(*ray_inputs, model, args.batch_rows, args.timeout)
-    machine = common.machine_info()
     machine["load_average_at_end"] = list(os.getloadavg())
     machine["seconds"] = round(time.perf_counter() - started, 1)
     machine["note"] = "2-core machine shared with other jobs: compare approaches within this run (ratios)"
