@@ -93,6 +93,7 @@ class TreeSampler:
                      "other_private_mb": 0.0, "tree_private_mb": 0.0}
         self.largest_other = ""
         self.largest_worker = ""
+        self.worker_peak_at_s = 0.0  # when the largest worker reached its peak (a start-up burst or a creep)
         self.samples: list[dict[str, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -115,6 +116,7 @@ class TreeSampler:
                 procs = [root] + root.children(recursive=True)
             except psutil.Error:
                 break
+            now = round(time.perf_counter() - start, 1)
             driver = jvm = worker = total = driver_private = worker_private = jvm_private = 0.0
             other_private = total_private = 0.0
             worker_name = ""
@@ -137,12 +139,12 @@ class TreeSampler:
                     if private > worker_private:
                         worker_private, worker_name = private, " ".join(cmd.split())[:60]
                         if private > self.peak["worker_private_mb"]:
-                            self.largest_worker = cmd[:80]
+                            self.largest_worker, self.worker_peak_at_s = cmd[:80], now
                 elif private > other_private:  # raylet, GCS, dashboard: the rest of the tree
                     other_private = private
                     if private > self.peak["other_private_mb"]:
                         self.largest_other = cmd[:80]
-            sample = {"t": round(time.perf_counter() - start, 1), "driver": round(driver_private, 1),
+            sample = {"t": now, "driver": round(driver_private, 1),
                       "jvm": round(jvm_private, 1), "worker": round(worker_private, 1), "other": round(other_private, 1),
                       "worker_name": worker_name}
             self.samples.append(sample)
@@ -171,7 +173,8 @@ def run_process(cmd: list[str], env: dict[str, str], markers: tuple[str, ...], t
                     os.killpg(proc.pid, 9)
                     code = proc.wait()
     return {"wall_s": round(time.perf_counter() - started, 2), "exit_code": code, **sampler.peak,
-            "largest_worker": sampler.largest_worker, "largest_other": sampler.largest_other,
+            "largest_worker": sampler.largest_worker, "worker_peak_at_s": sampler.worker_peak_at_s,
+            "largest_other": sampler.largest_other,
             "samples": sampler.samples, "log": str(log)}
 
 

@@ -167,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                     result = jh.run_spark_job(spec, run_dir, args.timeout, threads=1)
                 keep = ("wall_s", "exit_code", "rows_out", "rows_per_s", "classify_s", "driver_rss_mb",
                         "jvm_rss_mb", "worker_rss_mb", "tree_rss_mb", "driver_private_mb", "worker_private_mb",
-                        "jvm_private_mb", "other_private_mb", "tree_private_mb", "largest_worker", "largest_other",
-                        "files", "status_counts")
+                        "jvm_private_mb", "other_private_mb", "tree_private_mb", "largest_worker", "worker_peak_at_s",
+                        "largest_other", "files", "status_counts")
                 runs.append({"engine": engine, "rows": rows, **{k: result.get(k) for k in keep},
                              "samples_private_mb": thin(result.get("samples") or [])})
                 logger.info("%s %d rows: %s", engine, rows, runs[-1])
