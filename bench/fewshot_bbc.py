@@ -19,10 +19,11 @@ scored on three label sets (columns):
 - ``gliclass_fewshot``: the same after few-shot fine-tuning with label-set augmentation (the recipe;
   8 and 32 shots per label): every step scores each article against a sampled label set, its topic renamed
   half the time to one of ``BBC_PARAPHRASES`` (no word in common with the paraphrase column's names); the
-  model is the mean of the weights of ``AVERAGE_RUNS`` (3; ``--average-runs``) such runs from the same start.
-- ``gliclass_fewshot_one_run`` / ``gliclass_fewshot_no_paraphrases`` (in the stored results only, not run by
-  this script any more): the same label sampling in one run (before the averaging), and in one run without
-  renaming the topic (``paraphrase_prob`` 0, the recipe before 8d959c5).
+  model is the mean of the weights of ``AVERAGE_RUNS`` (5; ``--average-runs``) such runs from the same start.
+- ``gliclass_fewshot_three_runs`` / ``gliclass_fewshot_one_run`` / ``gliclass_fewshot_no_paraphrases`` (in the
+  stored results only, not run by this script any more): the same label sampling averaged over three runs
+  (the recipe before five), in one run (before the averaging), and in one run without renaming the topic
+  (``paraphrase_prob`` 0, the recipe before 8d959c5).
 - ``gliclass_fewshot_fixed_labels``: the earlier recipe, every step on exactly the five names.
 - ``embedding_zeroshot``: MiniLM mean-pooled cosine between the article and each label name.
 - ``embedding_logreg``: logistic regression on MiniLM embeddings of the same shots (closed-set: it cannot
@@ -260,7 +261,8 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean macro-F1 and per-seed values for each (method, shots), per evaluation column."""
     order = ["gliclass_untrained", "embedding_zeroshot", "gliclass_untrained_random_heads",
              "gliclass_fewshot_reference_recipe", "embedding_logreg", "gliclass_fewshot_fixed_labels",
-             "gliclass_fewshot_no_paraphrases", "gliclass_fewshot_one_run", "gliclass_fewshot"]
+             "gliclass_fewshot_no_paraphrases", "gliclass_fewshot_one_run", "gliclass_fewshot_three_runs",
+             "gliclass_fewshot"]
     summary = []
     for method in order:
         for shots in sorted({r["shots"] for r in results if r["method"] == method}):
