@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import textwrap
@@ -99,44 +98,6 @@ print(json.dumps({"at_torch_import": SEEN, "rows": len(clf.classify(["a match"],
     )
     assert out["at_torch_import"] == ["PASSIVE"]
     assert out["rows"] == 1
-
-
-# Frees an 8 MiB buffer (glibc then raises its mmap threshold unless it is fixed), then reports how much of a
-# 4 MiB buffer the process keeps after freeing it.
-KEPT_AFTER_FREE = """
-def rss():
-    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-first = bytearray(8 << 20)
-del first
-base = rss()
-second = bytearray(4 << 20)
-del second
-kept_mb = (rss() - base) / 2**20
-"""
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
-def test_io_tasks_hand_freed_buffers_back_and_model_actors_keep_the_default(tiny_model: Path) -> None:
-    tokenize = f"""
-        from gliclass_dist.ray.predictor import tokenize_batch
-        from gliclass_dist.labels import LabelSpec
-        tokenize_batch(pa.table({{"text": ["a match today"]}}), model_path={str(tiny_model)!r}, max_length=None,
-                       label_spec=LabelSpec(labels={LABELS!r}), text_column="text", keep=[])
-        """
-    actor = f"""
-        from gliclass_dist.ray.predictor import GLiClassPredictor
-        from gliclass_dist.labels import LabelSpec
-        GLiClassPredictor({str(tiny_model)!r}, LabelSpec(labels={LABELS!r}), device="cpu")
-        """
-    kept = {}
-    for name, start in (("tokenize", tokenize), ("actor", actor)):
-        out = run_python(
-            "import json, os\nimport pyarrow as pa\n" + textwrap.dedent(start) + KEPT_AFTER_FREE
-            + 'print(json.dumps({"kept_mb": kept_mb}))\n'
-        )
-        kept[name] = out["kept_mb"]
-    assert kept["tokenize"] < 1.0  # handed back: the threshold is fixed at 1 MiB in the tokenize worker
-    assert kept["actor"] > 3.0  # kept on the heap: the model process runs on glibc's default
 
 
 def test_classify_arrow_is_encode_then_score(classifier) -> None:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -402,8 +408,6 @@ def test_job_tasks_get_arrows_system_allocator_unless_told_otherwise(monkeypatch
     """pyarrow's default pool keeps freed memory in the read and write workers (bench/README.md, Scale): the job's
     environment asks for the system allocator; a value set by the driver's environment or by ``ray job submit``
     wins."""
-    import json
-
     from gliclass_dist.ray.job import SUBMITTED_JOB_CONFIG_ENV, job_env
 
     monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
@@ -414,3 +418,73 @@ def test_job_tasks_get_arrows_system_allocator_unless_told_otherwise(monkeypatch
     submitted = {"runtime_env": {"env_vars": {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}}}
     monkeypatch.setenv(SUBMITTED_JOB_CONFIG_ENV, json.dumps(submitted))
     assert "ARROW_DEFAULT_MEMORY_POOL" not in job_env()
+
+
+
+def test_job_tasks_fix_glibcs_mmap_threshold_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """glibc keeps freed multi-MB buffers in the heap once its dynamic threshold has risen (bench/README.md,
+    Scale): the job's environment fixes it at 1 MiB for its tasks; a value from the driver's environment or from
+    ``ray job submit`` wins."""
+    from gliclass_dist.ray.job import SUBMITTED_JOB_CONFIG_ENV, job_env
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv(SUBMITTED_JOB_CONFIG_ENV, raising=False)
+    assert job_env()["MALLOC_MMAP_THRESHOLD_"] == str(1 << 20)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4194304")
+    assert job_env()["MALLOC_MMAP_THRESHOLD_"] == "4194304"
+    monkeypatch.setenv(SUBMITTED_JOB_CONFIG_ENV, json.dumps({"runtime_env": {"env_vars": {"MALLOC_MMAP_THRESHOLD_": "0"}}}))
+    assert "MALLOC_MMAP_THRESHOLD_" not in job_env()
+
+
+# Frees an 8 MiB buffer (by default glibc then raises its mmap threshold to 8 MiB), then a 4 MiB one, and reports
+# how much memory the process kept.
+KEPT_AFTER_FREE = """
+import json, os
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+base = rss()
+first = bytearray(8 << 20)
+del first
+second = bytearray(4 << 20)
+del second
+print(json.dumps({"kept_mb": (rss() - base) / 2**20}))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
+def test_job_env_gives_io_tasks_back_freed_buffers_and_model_actors_the_heap() -> None:
+    """The job's tasks (local Ray, ``ensure_ray``) and the model actors (``classify_dataset``'s runtime env) run
+    with the allocator variables meant for them, and glibc honours them: an I/O task hands a freed 4 MiB buffer
+    back, a model actor keeps it in the heap, as glibc does by default (no mmap and munmap per tensor)."""
+    probe = textwrap.dedent(
+        """
+        import json, os
+        import ray
+        from gliclass_dist.ray.dataset import actor_env
+        from gliclass_dist.ray.job import ensure_ray
+
+        ensure_ray()
+
+        @ray.remote(num_cpus=0)
+        def allocator_env():
+            return {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+
+        actor = allocator_env.options(runtime_env={"env_vars": actor_env(1.0)})
+        print(json.dumps({"task": ray.get(allocator_env.remote()), "actor": ray.get(actor.remote())}))
+        ray.shutdown()
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "RAY_ADDRESS"))}
+    proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["task"] == {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+    assert seen["actor"] == {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
+
+    kept = {}
+    for role, allocator in seen.items():
+        run = subprocess.run([sys.executable, "-c", KEPT_AFTER_FREE], env={**env, **allocator},
+                             capture_output=True, text=True, timeout=60)
+        kept[role] = json.loads(run.stdout)["kept_mb"]
+    assert kept["task"] < 1.0  # unmapped on free
+    assert kept["actor"] > 3.0  # kept in the heap for the next batch

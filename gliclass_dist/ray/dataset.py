@@ -49,6 +49,16 @@ FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "HF_HUB_CACHE", FAULT_AFTER_ENV, F
 # 16 batches of input on, and a larger input gives every actor many blocks.
 BLOCK_BATCHES = 8
 
+# glibc's allocator, per kind of worker, through the environment glibc reads at process start. By default glibc
+# raises its mmap threshold (up to 32 MiB) after the first large free, so later multi-MB Arrow buffers come from
+# the heap and stay with the process when freed: the Ray job's tokenize worker levelled 1.3x higher at 5M rows
+# than at 1M, 1.08x with the threshold fixed at 1 MiB (bench/README.md, Scale). The job asks for that in the I/O
+# tasks (``gliclass_dist.ray.job.job_env``); the model actors, where it cost a real model ~10% of its rows/s, get
+# glibc's own ceiling instead (fixed 32 MiB, trimming at 64 MiB: as fast as the default, bench/NOTES.md 12).
+MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"
+IO_ALLOCATOR_ENV = {MMAP_THRESHOLD_ENV: str(1 << 20)}
+ENGINE_ALLOCATOR_ENV = {MMAP_THRESHOLD_ENV: str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
+
 
 def stage_env(threads: float) -> dict[str, str]:
     """Environment of the stage workers.
@@ -63,6 +73,19 @@ def stage_env(threads: float) -> dict[str, str]:
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", OMP_WAIT_POLICY),  # before the worker loads torch
     }
     env.update({name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)})
+    return env
+
+
+def actor_env(threads: float) -> dict[str, str]:
+    """Environment of the model actors: ``stage_env(threads)``, plus ``ENGINE_ALLOCATOR_ENV`` where the job's
+    environment gives the I/O tasks ``IO_ALLOCATOR_ENV`` (a threshold of the user's own is left alone)."""
+    import ray
+
+    env = stage_env(threads)
+    if ray.is_initialized():
+        job_vars = (ray.get_runtime_context().runtime_env or {}).get("env_vars") or {}
+        if job_vars.get(MMAP_THRESHOLD_ENV) == IO_ALLOCATOR_ENV[MMAP_THRESHOLD_ENV]:
+            env.update(ENGINE_ALLOCATOR_ENV)
     return env
 
 
@@ -130,7 +153,7 @@ def classify_dataset(
     driver. ``num_rows``: the rows of ``ds`` when known (sizes the blocks so that every actor gets work; see
     ``block_rows``). Bad arguments raise ``ValueError`` (``KeyError`` for a missing column) before anything runs.
 
-    The model actors get ``stage_env`` as their runtime env; the tokenize tasks get none (one would keep Ray
+    The model actors get ``actor_env`` as their runtime env; the tokenize tasks get none (one would keep Ray
     Data from fusing the block cut into them), so they run in the environment ``ray.init`` gave the job
     (``gliclass_dist.ray.job.ensure_ray`` sets ``stage_env(1)`` there).
     """
@@ -188,9 +211,19 @@ def classify_dataset(
         num_gpus=res.gpus_per_actor or None,
         fn_constructor_args=(actor_settings, label_spec),
         fn_constructor_kwargs={"text_column": text_column, "keep": keep, "model_ref": settings.ref},
-        runtime_env={"env_vars": stage_env(res.cpus_per_actor)},
+        runtime_env={"env_vars": actor_env(res.cpus_per_actor)},
         udf_modifying_row_count=False,
     )
 
 
-__all__ = ["BLOCK_BATCHES", "block_rows", "check_fits_cluster", "classify_dataset", "stage_env"]
+__all__ = [
+    "BLOCK_BATCHES",
+    "ENGINE_ALLOCATOR_ENV",
+    "IO_ALLOCATOR_ENV",
+    "MMAP_THRESHOLD_ENV",
+    "actor_env",
+    "block_rows",
+    "check_fits_cluster",
+    "classify_dataset",
+    "stage_env",
+]

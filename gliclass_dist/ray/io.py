@@ -28,7 +28,6 @@ from gliclass_dist.connectors import CommitResult, StagedFile
 from gliclass_dist.predicate import Predicate
 from gliclass_dist.run import merge_counts, status_counts
 from gliclass_dist.spec import InputSpec, SinkSpec
-from gliclass_dist.worker import configure_io_worker
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +248,6 @@ class StagedCommitDatasink(Datasink):
     def write(self, blocks: Any, ctx: Any) -> StagedPart:
         # One block at a time: a write task gathers up to ``target_file_rows`` rows (Ray's
         # ``min_rows_per_write``), which must not all sit in the worker's memory at once.
-        configure_io_worker()
         part = StagedPart()
         counts: list[dict[str, int]] = []
 

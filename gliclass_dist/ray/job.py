@@ -33,8 +33,8 @@ import ray.data
 from gliclass_dist import connectors
 from gliclass_dist.connectors.base import plain_schema
 from gliclass_dist.model.loading import resolve_model_ref
+from gliclass_dist.ray.dataset import IO_ALLOCATOR_ENV, stage_env
 from gliclass_dist.ray.dataset import classify_dataset as classify_stages
-from gliclass_dist.ray.dataset import stage_env
 from gliclass_dist.ray.io import StagedCommitDatasink, apply_filter, read_input
 from gliclass_dist.run import RunSummary, input_columns, merge_counts, plan_run
 from gliclass_dist.schema import output_schema
@@ -59,14 +59,16 @@ ARROW_POOL_ENV = "ARROW_DEFAULT_MEMORY_POOL"
 
 
 def job_env() -> dict[str, str]:
-    """``stage_env(1)`` with Arrow's system allocator (unless this process sets ``ARROW_DEFAULT_MEMORY_POOL``),
-    less the variables a ``ray job submit`` runtime env already sets (Ray refuses to merge the same key twice;
-    the submitter's value wins)."""
+    """``stage_env(1)`` with Arrow's system allocator and glibc's mmap threshold fixed for I/O tasks
+    (``IO_ALLOCATOR_ENV``; the model actors override it), each unless this process sets it, less the variables a
+    ``ray job submit`` runtime env already sets (Ray refuses to merge the same key twice; the submitter's value
+    wins)."""
     submitted: dict[str, Any] = {}
     with contextlib.suppress(ValueError, TypeError, AttributeError):  # not under ray job submit, or no env_vars
         config = json.loads(os.environ.get(SUBMITTED_JOB_CONFIG_ENV, "{}"))
         submitted = dict((config.get("runtime_env") or {}).get("env_vars") or {})
     env = {**stage_env(1), ARROW_POOL_ENV: os.environ.get(ARROW_POOL_ENV, "system")}
+    env.update({name: os.environ.get(name, value) for name, value in IO_ALLOCATOR_ENV.items()})
     return {k: v for k, v in env.items() if k not in submitted}
 
 
@@ -95,7 +97,7 @@ def ensure_ray(address: str | None = None) -> None:
     """Connect to ``address`` (or ``RAY_ADDRESS``, e.g. under ``ray job submit``), else start local Ray.
 
     The job's tasks get ``job_env()`` (hub settings forwarded from this process, one tokenizer thread, Arrow's
-    system allocator).
+    system allocator, glibc's mmap threshold for I/O tasks).
     """
     if ray.is_initialized():
         return

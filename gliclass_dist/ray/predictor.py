@@ -43,7 +43,7 @@ from gliclass_dist.encode import ENCODED_COLUMNS, encode_arrow, is_encoded
 from gliclass_dist.encode import load_builder as load_checkpoint_builder
 from gliclass_dist.labels import LabelSpec
 from gliclass_dist.settings import EngineSettings
-from gliclass_dist.worker import configure_io_worker, configure_worker
+from gliclass_dist.worker import configure_worker
 
 if TYPE_CHECKING:
     from gliclass_dist.model.inputs import InputBuilder
@@ -131,7 +131,6 @@ def tokenize_batch(
 ) -> pa.Table:
     """CPU stage, the engine's encoding step: ``keep`` columns plus the encoded rows (``EncodedBatch.to_arrow``)."""
     configure_worker()
-    configure_io_worker()  # this worker's read tasks too: its memory must not grow with the input
     builder = load_builder(model_path, max_length, model_ref, revision)
     encoded = encode_arrow(_as_table(batch), builder, label_spec, text_column=text_column, keep=keep)
     return encoded.to_arrow()
