@@ -451,40 +451,81 @@ print(json.dumps({"kept_mb": (rss() - base) / 2**20}))
 """
 
 
+def clean_env() -> dict[str, str]:
+    """This process's environment without allocator settings or a Ray address."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "RAY_ADDRESS"))}
+
+
+def run_on_local_ray(body: str) -> Any:
+    """Run ``body`` in a fresh interpreter on a new local Ray started by ``ensure_ray`` (the job's environment);
+    ``body`` sets ``out``, returned as parsed JSON."""
+    code = (
+        "import json, os\nimport ray\nfrom gliclass_dist.ray.job import ensure_ray\nensure_ray()\n"
+        + textwrap.dedent(body)
+        + "\nprint(json.dumps(out))\nray.shutdown()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
 def test_job_env_gives_io_tasks_back_freed_buffers_and_model_actors_the_heap() -> None:
     """The job's tasks (local Ray, ``ensure_ray``) and the model actors (``classify_dataset``'s runtime env) run
     with the allocator variables meant for them, and glibc honours them: an I/O task hands a freed 4 MiB buffer
     back, a model actor keeps it in the heap, as glibc does by default (no mmap and munmap per tensor)."""
-    probe = textwrap.dedent(
+    seen = run_on_local_ray(
         """
-        import json, os
-        import ray
         from gliclass_dist.ray.dataset import actor_env
-        from gliclass_dist.ray.job import ensure_ray
-
-        ensure_ray()
 
         @ray.remote(num_cpus=0)
         def allocator_env():
             return {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
 
         actor = allocator_env.options(runtime_env={"env_vars": actor_env(1.0)})
-        print(json.dumps({"task": ray.get(allocator_env.remote()), "actor": ray.get(actor.remote())}))
-        ray.shutdown()
+        out = {"task": ray.get(allocator_env.remote()), "actor": ray.get(actor.remote())}
         """
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "RAY_ADDRESS"))}
-    proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen["task"] == {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
     assert seen["actor"] == {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
 
     kept = {}
     for role, allocator in seen.items():
-        run = subprocess.run([sys.executable, "-c", KEPT_AFTER_FREE], env={**env, **allocator},
+        run = subprocess.run([sys.executable, "-c", KEPT_AFTER_FREE], env={**clean_env(), **allocator},
                              capture_output=True, text=True, timeout=60)
         kept[role] = json.loads(run.stdout)["kept_mb"]
     assert kept["task"] < 1.0  # unmapped on free
     assert kept["actor"] > 3.0  # kept in the heap for the next batch
+
+
+def test_job_reads_run_in_worker_processes_of_their_own(tmp_path: Path) -> None:
+    """A read's transient buffers must not stack on the tokenize worker's memory (bench/README.md, Scale): the job's
+    read tasks get a runtime env of their own, so Ray runs them in other worker processes than the stages after."""
+    pq.write_table(make_rows(300, bad=False), tmp_path / "part-0.parquet")
+    seen = run_on_local_ray(
+        f"""
+        import psutil
+        from gliclass_dist.ray.io import read_input
+        from gliclass_dist.spec import InputSpec
+
+        def where(batch):
+            stage = os.environ.get("GLICLASS_RAY_STAGE", "")
+            return {{"pid": [os.getpid()] * batch.num_rows, "stage": [stage] * batch.num_rows}}
+
+        spec = InputSpec(format="parquet", path={str(tmp_path)!r}, id_column="id", text_column="text")
+        rows = read_input(spec).map_batches(where, batch_format="pyarrow").take_all()
+        readers = []
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                if proc.environ().get("GLICLASS_RAY_STAGE") == "read" and "ray::" in " ".join(proc.cmdline()):
+                    readers.append(proc.pid)
+            except psutil.Error:
+                pass
+        out = {{"rows": len(rows), "map_pids": sorted({{r["pid"] for r in rows}}),
+               "map_stages": sorted({{r["stage"] for r in rows}}), "readers": readers}}
+        """
+    )
+    assert seen["rows"] == 300
+    assert seen["readers"], "no worker process ran with the read stage's environment"
+    assert seen["map_stages"] == [""]  # the stage after the read ran in the job's other workers
+    assert not set(seen["map_pids"]) & set(seen["readers"])
