@@ -9,9 +9,10 @@ Runs each step as its own process (one crash does not stop the others), in this 
 5. ``scale.py``: the Ray and Spark jobs at two input sizes, rows/s and peak memory (reduced sizes here;
    the issue's 100k / 1M rows: ``python bench/scale.py --rows 100000 1000000``);
 6. ``dedup.py``: rows/s when half the rows repeat earlier ones (in-batch de-duplication, result cache);
-7. ``bi_encoder.py``: a bi-encoder at 128 labels vs plain embeddings and the uni-encoder;
-8. ``calibration.py`` (``--full`` only, with the demo model): ECE and macro-F1 before/after calibration;
-9. ``fewshot_bbc.py --quick`` and ``serve_load.py``, when present.
+7. ``estimate_bbc.py``: ``gliclass-dist estimate`` on a BBC job (rate per core, padded tokens, projected hours);
+8. ``bi_encoder.py``: a bi-encoder at 128 labels vs plain embeddings and the uni-encoder;
+9. ``calibration.py`` (``--full`` only, with the demo model): ECE and macro-F1 before/after calibration;
+10. ``fewshot_bbc.py --quick`` and ``serve_load.py``, when present.
 
 Each writes its JSON (+ PNG) into ``bench/results/``; this script writes ``run_all.json`` with every
 step's exit code and duration. ``--only``/``--skip`` pick steps; ``--full`` runs the issue's sizes.
@@ -51,6 +52,9 @@ def steps(full: bool) -> list[tuple[str, list[str], float]]:
     # no repeated work: half the rows repeat earlier ones; the engine (interleaved), and with --full the Ray job
     out.append(("dedup", [py, "bench/dedup.py", "--rows", "1000" if full else "400", "--rounds", "2"]
                 + (["--ray"] if full else []), 1800 if full else 600))
+    # the cost estimate a user runs before a large job (issue 16 item 4), on BBC rows it writes itself
+    out.append(("estimate", [py, "bench/estimate_bbc.py", "--rows", "1000000" if full else "20000",
+                             "--sample", "2000" if full else "200"], 600))
     # bi-encoder cost at 128 labels (random-weight MiniLM shapes); calibration needs the demo model (make model)
     out.append(("bi_encoder", [py, "-m", "bench.bi_encoder"] + ([] if full else ["--texts", "128", "--uni-texts", "16",
                                                                           "--rounds", "2"]), 900))
