@@ -420,7 +420,6 @@ def test_job_tasks_get_arrows_system_allocator_unless_told_otherwise(monkeypatch
     assert "ARROW_DEFAULT_MEMORY_POOL" not in job_env()
 
 
-
 def test_job_tasks_fix_glibcs_mmap_threshold_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
     """glibc keeps freed multi-MB buffers in the heap once its dynamic threshold has risen (bench/README.md,
     Scale): the job's environment fixes it at 1 MiB for its tasks; a value from the driver's environment or from
