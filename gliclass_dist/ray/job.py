@@ -67,8 +67,8 @@ def job_env() -> dict[str, str]:
     with contextlib.suppress(ValueError, TypeError, AttributeError):  # not under ray job submit, or no env_vars
         config = json.loads(os.environ.get(SUBMITTED_JOB_CONFIG_ENV, "{}"))
         submitted = dict((config.get("runtime_env") or {}).get("env_vars") or {})
-    env = {**stage_env(1), ARROW_POOL_ENV: os.environ.get(ARROW_POOL_ENV, "system")}
-    env.update({name: os.environ.get(name, value) for name, value in IO_ALLOCATOR_ENV.items()})
+    defaults = {ARROW_POOL_ENV: "system", **IO_ALLOCATOR_ENV}
+    env = {**stage_env(1), **{name: os.environ.get(name, value) for name, value in defaults.items()}}
     return {k: v for k, v in env.items() if k not in submitted}
 
 
